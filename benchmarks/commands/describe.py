@@ -1,0 +1,35 @@
+"""prunetax describe: the components, their descriptions and the whole formula of one metric."""
+from __future__ import annotations
+
+HELP = "show the components and the formula of a metric id, authors' name, named metric or expression"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("metric", metavar="ID_OR_NAME", help="e.g. activation-taylor-abs_sum-weights_removed-domino_io, gfbs")
+    p.add_argument("--latex", action="store_true", help="also print the LaTeX formula")
+
+
+def run(args) -> int:
+    from taxonomy import NAMED, MetricSpec, parse_metric
+
+    metric = parse_metric(args.metric)
+    if args.metric.strip() in NAMED:
+        named = NAMED[args.metric.strip()]
+        print(f"{named.name}: {named.definition}")
+        print(f"  citation: {named.citation}")
+        if named.note:
+            print(f"  note: {named.note}")
+    specs = [metric] if isinstance(metric, MetricSpec) else list(metric.specs)
+    if not isinstance(metric, MetricSpec):
+        print(f"expression: {metric}")
+    for spec in specs:
+        info = spec.describe()
+        print(spec.id)
+        if spec.authors_name:
+            print(f"  authors' name: {spec.authors_name}")
+        for axis in ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation"):
+            print(f"  {axis:<12} {info[axis]}")
+        print(f"  formula      {info['formula']}")
+        if args.latex:
+            print(f"  latex        {info['latex']}")
+    return 0
