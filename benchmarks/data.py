@@ -28,7 +28,7 @@ from taxonomy.errors import PrunetaxError
 
 __all__ = [
     "Dataset", "RawData", "DataError", "load_dataset", "list_datasets", "register_dataset",
-    "model_input_spec", "pad_images", "read_idx", "read_cifar_batch", "default_data_root",
+    "model_input_spec", "dataset_channels", "pad_images", "read_idx", "read_cifar_batch", "default_data_root",
 ]
 
 DATA_FILES = Path(__file__).resolve().parent / "data_files"
@@ -176,16 +176,29 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 # The registry of data sets
 
 _LOADERS: dict[str, Callable[[Path | None, bool], RawData]] = {}
+_CHANNELS: dict[str, int] = {}
 
 
-def register_dataset(name: str):
-    """Decorator: register ``loader(root: Path | None, download: bool) -> RawData`` as ``name``."""
+def register_dataset(name: str, channels: int = 3):
+    """Decorator: register ``loader(root: Path | None, download: bool) -> RawData`` as ``name``.
+
+    ``channels`` (1 grayscale, 3 colour) is known before loading, so recipes can depend on it.
+    """
     def deco(fn):
         if name in _LOADERS:
             raise DataError(f"data set '{name}' is already registered")
-        _LOADERS[name] = fn
+        _LOADERS[name], _CHANNELS[name] = fn, channels
         return fn
     return deco
+
+
+def dataset_channels(name: str) -> int:
+    """Image channels of data set ``name`` without loading it (``imagefolder:`` images are RGB)."""
+    if name.startswith("imagefolder:"):
+        return 3
+    if name not in _CHANNELS:
+        raise DataError(f"unknown data set '{name}'; choose one of {', '.join(list_datasets())}, imagefolder:PATH")
+    return _CHANNELS[name]
 
 
 def list_datasets() -> list[str]:
@@ -222,14 +235,14 @@ def _load_idx_folder(folder: Path, what: str, hint: str) -> RawData:
                    int(max(tr_y.max(), te_y.max())) + 1)
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", channels=1)
 def _mnist(root: Path | None, download: bool) -> RawData:
     """MNIST digits, embedded in the package (gzip IDX files); ``root`` overrides the copy."""
     return _load_idx_folder(root or DATA_FILES, "mnist",
                             "reinstall prunetax, or pass --data-root DIR holding the four MNIST IDX files")
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", channels=1)
 def _fashion_mnist(root: Path | None, download: bool) -> RawData:
     """Fashion-MNIST (Zalando), from the Debian package dataset-fashion-mnist or a folder."""
     folder = root or FASHION_MNIST_ROOT
@@ -350,12 +363,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, eval_size: in
     if not isinstance(name, str) or not name:
         raise DataError(f"data set name must be a non-empty string, got {name!r}")
     root_path = Path(root).expanduser() if root is not None else None
+    dataset_channels(name)  # the one-line error for an unknown name
     if name.startswith("imagefolder:"):
         raw = _imagefolder(Path(name.split(":", 1)[1]).expanduser())
-    elif name in _LOADERS:
-        raw = _LOADERS[name](root_path, download)
     else:
-        raise DataError(f"unknown data set '{name}'; choose one of {', '.join(list_datasets())}, imagefolder:PATH")
+        raw = _LOADERS[name](root_path, download)
     n = len(raw.train_y)
     if not isinstance(eval_size, int) or not 0 <= eval_size < n:
         raise DataError(f"eval_size must be an integer in [0, {n}) for {name} ({n} training images), got {eval_size!r}")

@@ -1,0 +1,287 @@
+"""Baseline training: one recipe per model, cached by the hash of everything that shapes it.
+
+``train_baseline(model, dataset, seed)`` returns the trained network, from the cache when it is
+there. The cache key is the sha256 of (model, dataset, seed, recipe, ``benchmarks.__version__``);
+each entry is a folder ``<cache>/baselines/<model>_<dataset>_seed<seed>_<hash16>/`` holding
+``model.pt`` (the state dict) and ``info.json`` (recipe, accuracies, wall time, device, versions),
+both written atomically. Training is deterministic on CPU for a given seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.data import Dataset, dataset_channels, load_dataset, model_input_spec
+from taxonomy.errors import PrunetaxError
+
+__all__ = ["Recipe", "recipe_for", "train_baseline", "load_baseline", "evaluate", "default_cache_dir",
+           "cache_key", "resolve_device", "DEFAULT_EPOCHS"]
+
+# Default epochs per model (docs/data.md); any other model gets FALLBACK_EPOCHS.
+DEFAULT_EPOCHS = {"lenet5": 10, "cifar10_quick": 20, "nin": 40, "alexnet": 40, "resnet20": 60}
+FALLBACK_EPOCHS = 30
+# Per-model changes to the common recipe (networks without BatchNorm train at a lower rate).
+_OVERRIDES = {"lenet5": {"lr": 0.05}, "cifar10_quick": {"lr": 0.05}, "nin": {"lr": 0.02},
+              "alexnet": {"lr": 0.02}, "resnet20": {"lr": 0.1}}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the trained weights besides the model, data set and seed."""
+    epochs: int
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    schedule: str = "cosine"  # per-iteration cosine decay from lr to 0
+    augment: bool = False  # random crop (pad 4) and horizontal flip
+    eval_size: int = 5000  # training images held out as the evaluation split
+    split_seed: int = 0  # seed of that split (the same for every training seed)
+    limit: int | None = None  # train on the first `limit` images of the training split only (tests)
+
+
+def recipe_for(model_name: str, dataset_name: str, epochs: int | None = None, **overrides) -> Recipe:
+    """The recipe for ``model_name`` on ``dataset_name``: the common recipe, its per-model
+    changes, then ``overrides``. Crop/flip augmentation is on for colour data, off for grayscale
+    (digits, Fashion-MNIST).
+    """
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS.get(model_name, FALLBACK_EPOCHS)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise PrunetaxError(f"epochs must be a positive integer, got {epochs!r}")
+    fields = {"epochs": epochs, "augment": dataset_channels(dataset_name) == 3,
+              **_OVERRIDES.get(model_name, {}), **overrides}
+    unknown = set(fields) - {f.name for f in dataclasses.fields(Recipe)}
+    if unknown:
+        raise PrunetaxError(f"unknown recipe field(s) {', '.join(sorted(unknown))}; "
+                            f"choose from {', '.join(f.name for f in dataclasses.fields(Recipe))}")
+    recipe = Recipe(**fields)
+    if recipe.limit is not None and recipe.limit < 1:
+        raise PrunetaxError(f"limit must be a positive integer or None, got {recipe.limit!r}")
+    if recipe.schedule not in ("cosine", "constant"):
+        raise PrunetaxError(f"unknown schedule '{recipe.schedule}'; choose one of cosine, constant")
+    return recipe
+
+
+def default_cache_dir() -> Path:
+    """``$PRUNETAX_CACHE`` or ``~/.cache/prunetax``."""
+    env = os.environ.get("PRUNETAX_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "prunetax"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` → cuda when available, else cpu; an unavailable or unknown device is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PrunetaxError(f"unknown device '{device}'; choose one of auto, cpu, cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PrunetaxError("device 'cuda' requested but CUDA is not available here; use --device cpu or auto")
+    return dev
+
+
+def cache_key(model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> str:
+    """sha256 (hex) of the model, data set, seed, recipe and package version."""
+    from benchmarks import __version__
+    blob = json.dumps({"model": model_name, "dataset": dataset_name, "seed": seed,
+                       "recipe": dataclasses.asdict(recipe), "version": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _entry_dir(cache_dir, model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> Path:
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    safe = re.sub(r"[^A-Za-z0-9.-]+", "-", dataset_name).strip("-")[:40]
+    key = cache_key(model_name, dataset_name, seed, recipe)
+    return root / "baselines" / f"{model_name}_{safe}_seed{seed}_{key[:16]}"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``(x, y)``, in eval mode, in batches of ``batch_size``."""
+    if len(y) == 0:
+        raise PrunetaxError("cannot evaluate on an empty split")
+    was_training = model.training
+    model.eval()
+    try:
+        correct = 0
+        for i in range(0, len(y), batch_size):
+            correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    finally:
+        model.train(was_training)
+    return 100.0 * correct / len(y)
+
+
+def _augment(xb: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop after zero padding (0 is the mean after normalisation) and horizontal flip."""
+    b, _, h, w = xb.shape
+    padded = nn.functional.pad(xb, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(xb.device)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(xb.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(xb.device)
+    rows = oy[:, None] + torch.arange(h, device=xb.device)  # [B, H]
+    cols = ox[:, None] + torch.arange(w, device=xb.device)  # [B, W]
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    out = padded[torch.arange(b, device=xb.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()  # advanced indices first: [B, H, W, C] → [B, C, H, W]
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device):
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
+                disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True)
+
+
+def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: bool, desc: str) -> None:
+    x, y = data.train_x, data.train_y
+    if recipe.limit is not None:
+        x, y = x[:recipe.limit], y[:recipe.limit]
+    n = len(y)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    factor = (lambda s: 0.5 * (1 + math.cos(math.pi * s / total))) if recipe.schedule == "cosine" else (lambda s: 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    with _progress(total, desc, progress) as bar:
+        for epoch in range(recipe.epochs):
+            perm = torch.randperm(n, generator=gen).to(x.device)
+            for i in range(steps_per_epoch):
+                idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                xb = _augment(x[idx], gen) if recipe.augment else x[idx]
+                loss = loss_fn(model(xb), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                if i % 50 == 0:
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise PrunetaxError(f"{desc}: training diverged (loss {loss_value}) in epoch {epoch + 1}; "
+                                            f"lower the learning rate of its recipe")
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve(model_name, dataset, seed, epochs, recipe, limit):
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise PrunetaxError(f"seed must be an integer, got {seed!r}")
+    from benchmarks.models import model_info
+    model_info(model_name)  # unknown model → one-line error before any data is loaded
+    name = dataset.name if isinstance(dataset, Dataset) else dataset
+    if recipe is None:
+        recipe = recipe_for(model_name, name, epochs, **({"limit": limit} if limit is not None else {}))
+    if isinstance(dataset, Dataset):
+        if (dataset.eval_size, dataset.seed) != (recipe.eval_size, recipe.split_seed):
+            raise PrunetaxError(f"data set {dataset.name} was split with eval_size={dataset.eval_size}, "
+                                f"seed={dataset.seed}; the recipe needs {recipe.eval_size}, {recipe.split_seed}")
+        return recipe, dataset.name, dataset
+    return recipe, dataset, None
+
+
+def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
+                  device="auto", cache_dir=None, recipe: Recipe | None = None, limit: int | None = None):
+    """The cached baseline ``(model, info)`` in eval mode on ``device``, or None when not cached."""
+    recipe, name, _ = _resolve(model_name, dataset, seed, epochs, recipe, limit)
+    entry = _entry_dir(cache_dir, model_name, name, seed, recipe)
+    try:
+        info = json.loads((entry / "info.json").read_text())
+        state = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError):
+        return None  # missing or unreadable: not cached
+    from benchmarks.models import create_model
+    model = create_model(model_name, info["in_channels"], info["num_classes"], info["input_size"])
+    model.load_state_dict(state)
+    dev = resolve_device(device)
+    info.update(cached=True, path=str(entry / "model.pt"))
+    return model.to(dev).eval(), info
+
+
+def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
+                   device="auto", cache_dir=None, data_root=None, progress: bool = True,
+                   recipe: Recipe | None = None, limit: int | None = None):
+    """The trained baseline ``(model, info)``: from the cache, else trained, cached and returned.
+
+    ``dataset`` is a name or an already loaded :class:`Dataset` (split as the recipe says).
+    ``limit`` trains on the first ``limit`` training images only (part of the cache key).
+    """
+    cached = load_baseline(model_name, dataset, seed, epochs, device, cache_dir, recipe, limit)
+    if cached is not None:
+        return cached
+    recipe, name, data = _resolve(model_name, dataset, seed, epochs, recipe, limit)
+    dev = resolve_device(device)
+    if data is None:
+        data = load_dataset(name, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev)
+    elif data.device != dev:
+        data = data.to(dev)
+    from benchmarks.models import create_model
+    in_channels, input_size, num_classes = model_input_spec(data)
+    start = time.perf_counter()
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _deterministic(dev):
+        torch.manual_seed(seed)
+        model = create_model(model_name, in_channels, num_classes, input_size).to(dev)
+        _fit(model, data, recipe, seed, progress, f"{model_name}/{name}/seed{seed}")
+    wall = time.perf_counter() - start
+    from benchmarks import __version__
+    info = {
+        "model": model_name, "dataset": name, "seed": seed, "recipe": dataclasses.asdict(recipe),
+        "key": cache_key(model_name, name, seed, recipe),
+        "test_accuracy": evaluate(model, data.test_x, data.test_y),
+        "eval_accuracy": evaluate(model, data.eval_x, data.eval_y) if len(data.eval_y) else None,
+        "epochs": recipe.epochs, "wall_time_s": round(wall, 3), "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__, "prunetax": __version__,
+        "in_channels": in_channels, "input_size": input_size, "num_classes": num_classes,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    entry = _entry_dir(cache_dir, model_name, name, seed, recipe)
+    entry.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(entry / "model.pt", lambda f: torch.save(state, f))
+    _atomic_write(entry / "info.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
+    info.update(cached=False, path=str(entry / "model.pt"))
+    return model.eval(), info
