@@ -265,7 +265,7 @@ def _load_cifar(root: Path | None, download: bool, subdir: str, train: list[str]
         raise DataError(
             f"{tv_class.lower()}: no {missing[0]} in {folder}; put CIFAR's python version ({subdir}/, "
             f"from the CIFAR page of Alex Krizhevsky) under {base} or pass --data-root DIR, "
-            f"or use download=True where torchvision imports and the internet is reachable")
+            f"or pass --download (download=True) where torchvision imports and the internet is reachable")
     parts = [read_cifar_batch(folder / n) for n in train]
     test_x, test_y = read_cifar_batch(folder / ("test" if subdir == "cifar-100-python" else "test_batch"))
     return RawData(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),

@@ -242,7 +242,7 @@ def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: in
 
 def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
                    device="auto", cache_dir=None, data_root=None, progress: bool = True,
-                   recipe: Recipe | None = None, limit: int | None = None):
+                   recipe: Recipe | None = None, limit: int | None = None, download: bool = False):
     """The trained baseline ``(model, info)``: from the cache, else trained, cached and returned.
 
     ``dataset`` is a name or an already loaded :class:`Dataset` (split as the recipe says).
@@ -254,7 +254,8 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
     recipe, name, data = _resolve(model_name, dataset, seed, epochs, recipe, limit)
     dev = resolve_device(device)
     if data is None:
-        data = load_dataset(name, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev)
+        data = load_dataset(name, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
+                            device=dev, download=download)
     elif data.device != dev:
         data = data.to(dev)
     from benchmarks.models import create_model
