@@ -155,7 +155,7 @@ def _deterministic(device: torch.device):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
                 disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True)
 

@@ -1,0 +1,226 @@
+"""Baseline training: recipes, determinism, the cache, evaluate(), the train command."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import benchmarks
+from benchmarks import training
+from benchmarks.cli import main as cli_main
+from benchmarks.data import load_dataset
+from benchmarks.training import (cache_key, evaluate, load_baseline, recipe_for, resolve_device,
+                                 train_baseline)
+from taxonomy.errors import PrunetaxError
+
+LIMIT = 1024  # training images for the fast tests: 8 batches of 128
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """MNIST with the test and eval splits cut to 1,000 images, to keep evaluation quick."""
+    full = load_dataset("mnist")
+    return dataclasses.replace(full, test_x=full.test_x[:1000], test_y=full.test_y[:1000],
+                               eval_x=full.eval_x[:1000], eval_y=full.eval_y[:1000])
+
+
+@pytest.fixture(autouse=True)
+def _no_user_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNETAX_CACHE", str(tmp_path / "default-cache"))
+
+
+def tiny(mnist, cache_dir, seed=0, **kw):
+    return train_baseline("lenet5", mnist, seed, epochs=1, device="cpu", cache_dir=cache_dir,
+                          progress=False, limit=LIMIT, **kw)
+
+
+def state_equal(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+class Logits(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_evaluate_counts_argmax_in_batches():
+    x = torch.eye(4)[[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]]  # logits whose argmax is 0,1,2,3,0,1,2,3,0,1
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 0, 1, 2])  # wrong at 7, 8, 9: 3 of 10
+    model = Logits().train()
+    assert evaluate(model, x, y, batch_size=3) == pytest.approx(70.0)
+    assert model.training  # mode restored
+
+
+# --- recipes and arguments --------------------------------------------------------------------
+
+def test_recipe_augments_colour_only():
+    assert recipe_for("lenet5", "mnist").augment is False
+    assert recipe_for("lenet5", "fashion-mnist").augment is False
+    assert recipe_for("lenet5", "cifar10").augment is True
+    r = recipe_for("lenet5", "mnist")
+    assert (r.epochs, r.batch_size, r.momentum, r.weight_decay, r.schedule) == (10, 128, 0.9, 5e-4, "cosine")
+    assert recipe_for("lenet5", "mnist", 3, lr=0.01).lr == 0.01
+
+
+@pytest.mark.parametrize("call", [
+    lambda: recipe_for("lenet5", "mnist", 0),
+    lambda: recipe_for("lenet5", "mnist", -2),
+    lambda: recipe_for("lenet5", "mnist", 1.5),
+    lambda: recipe_for("lenet5", "mnist", 2, bogus=1),
+    lambda: recipe_for("lenet5", "nodata"),
+    lambda: train_baseline("lenet9", "mnist", 0, epochs=1, progress=False),
+    lambda: train_baseline("lenet5", "mnist", "zero", epochs=1, progress=False),
+    lambda: train_baseline("lenet5", "nodata", 0, epochs=1, progress=False),
+    lambda: resolve_device("tpu9"),
+])
+def test_bad_inputs_raise_one_line(call):
+    with pytest.raises(PrunetaxError) as excinfo:
+        call()
+    assert "\n" not in str(excinfo.value) and str(excinfo.value)
+
+
+def test_cuda_unavailable_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(PrunetaxError):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_dataset_split_must_match_recipe(mnist):
+    other = load_dataset("mnist", eval_size=1000)
+    with pytest.raises(PrunetaxError):
+        train_baseline("lenet5", other, 0, epochs=1, device="cpu", progress=False, limit=LIMIT)
+
+
+def test_cache_key_covers_every_input(monkeypatch):
+    r = recipe_for("lenet5", "mnist", 2)
+    base = cache_key("lenet5", "mnist", 0, r)
+    assert len(base) == 64
+    assert base != cache_key("lenet5", "mnist", 1, r)
+    assert base != cache_key("lenet5", "fashion-mnist", 0, r)
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 3))
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, lr=0.01))
+    monkeypatch.setattr(benchmarks, "__version__", "99.0")
+    assert base != cache_key("lenet5", "mnist", 0, r)
+
+
+# --- training, determinism, cache -------------------------------------------------------------
+
+def test_same_seed_same_weights_and_seed_matters(mnist, tmp_path):
+    m1, _ = tiny(mnist, tmp_path / "a", seed=7)
+    m2, _ = tiny(mnist, tmp_path / "b", seed=7)
+    m3, _ = tiny(mnist, tmp_path / "c", seed=8)
+    assert state_equal(m1, m2)
+    assert not state_equal(m1, m3)
+
+
+def test_cache_hit_returns_same_weights_without_training(mnist, tmp_path, monkeypatch):
+    calls = []
+    real_fit = training._fit
+    monkeypatch.setattr(training, "_fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k)))
+    assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+    first, info1 = tiny(mnist, tmp_path)
+    assert calls == [1] and info1["cached"] is False
+    start = time.perf_counter()
+    second, info2 = tiny(mnist, tmp_path)
+    assert time.perf_counter() - start < 1.0
+    assert calls == [1] and info2["cached"] is True and info2["path"] == info1["path"]
+    assert state_equal(first, second)
+    by_name, _ = train_baseline("lenet5", "mnist", 0, epochs=1, device="cpu", cache_dir=tmp_path,
+                                progress=False, limit=LIMIT)  # a name instead of a Dataset: same entry
+    assert calls == [1] and state_equal(first, by_name)
+    loaded = load_baseline("lenet5", "mnist", 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT)
+    assert loaded is not None and state_equal(first, loaded[0]) and not loaded[0].training
+
+
+def test_cache_entry_layout_and_info(mnist, tmp_path):
+    model, info = tiny(mnist, tmp_path)
+    entry = tmp_path / "baselines" / os.path.basename(os.path.dirname(info["path"]))
+    assert sorted(os.listdir(entry)) == ["info.json", "model.pt"]  # no temporary files left
+    assert entry.name.startswith("lenet5_mnist_seed0_") and entry.name.endswith(info["key"][:16])
+    on_disk = json.loads((entry / "info.json").read_text())
+    for field in ("recipe", "test_accuracy", "epochs", "wall_time_s", "device", "torch"):
+        assert field in on_disk
+    assert on_disk["recipe"]["limit"] == LIMIT and on_disk["torch"] == torch.__version__
+    with torch.no_grad():  # accuracy recomputed here, one batch, by hand
+        expected = (model.eval()(mnist.test_x).argmax(1) == mnist.test_y).double().mean().item() * 100
+    assert on_disk["test_accuracy"] == pytest.approx(expected)
+    assert on_disk["test_accuracy"] > 50  # 8 batches of digits already learn something (chance: 10%)
+    state = torch.load(entry / "model.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_failed_write_leaves_no_temporary_file(mnist, tmp_path, monkeypatch):
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        tiny(mnist, tmp_path)
+    entries = list((tmp_path / "baselines").iterdir())
+    assert len(entries) == 1 and os.listdir(entries[0]) == []
+    monkeypatch.undo()
+    assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+
+
+# --- the train command ------------------------------------------------------------------------
+
+def test_train_command_prints_one_line(mnist, tmp_path, capsys, monkeypatch):
+    tiny(mnist, tmp_path)  # populate the cache for this recipe
+    real = training.train_baseline
+    monkeypatch.setattr(training, "train_baseline", lambda *a, **k: real(*a, **{**k, "limit": LIMIT}))
+    code = cli_main(["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", "1",
+                     "--device", "cpu", "--cache-dir", str(tmp_path)])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(out) == 1
+    assert "lenet5" in out[0] and "mnist" in out[0] and "seed 0" in out[0] and "(cached)" in out[0]
+    assert str(tmp_path) in out[0] and "%" in out[0]
+    code = cli_main(["train", "--model", "lenet5", "--epochs", "1", "--device", "cpu",
+                     "--cache-dir", str(tmp_path), "--format", "json"])
+    info = json.loads(capsys.readouterr().out)
+    assert code == 0 and info["cached"] is True and info["recipe"]["limit"] == LIMIT
+
+
+def run_cli(*args, cache):
+    env = {**os.environ, "PRUNETAX_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "benchmarks", "train", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args", [
+    ["--model", "lenet5", "--dataset", "nodata"],
+    ["--model", "nomodel", "--dataset", "mnist"],
+    ["--model", "lenet5", "--epochs", "0"],
+])
+def test_train_command_bad_input_exits_2(tmp_path, args):
+    result = run_cli(*args, cache=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert not (tmp_path / "baselines").exists()
+
+
+@pytest.mark.slow
+def test_lenet5_mnist_two_epochs_reaches_98_and_is_cached(tmp_path):
+    start = time.perf_counter()
+    first = run_cli("--model", "lenet5", "--dataset", "mnist", "--epochs", "2", "--device", "cpu",
+                    "--format", "json", cache=tmp_path)
+    trained_in = time.perf_counter() - start
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    assert info["test_accuracy"] >= 98.0 and info["cached"] is False
+    second = run_cli("--model", "lenet5", "--dataset", "mnist", "--epochs", "2", "--device", "cpu",
+                     cache=tmp_path)
+    assert second.returncode == 0 and "(cached)" in second.stdout
+    print(f"trained in {trained_in:.1f} s, test accuracy {info['test_accuracy']:.2f}%")
