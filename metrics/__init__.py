@@ -1,0 +1,32 @@
+"""HOW a metric is computed on a network: structure (units), masking, signals, kernels, Domino.
+
+Imports are lazy so that ``import metrics`` stays fast: names load on first use.
+"""
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "analyze": "metrics.structure",
+    "Structure": "metrics.structure",
+    "StructureError": "metrics.structure",
+    "Layer": "metrics.structure",
+    "Unit": "metrics.structure",
+    "MaskedModel": "metrics.masking",
+    "slim": "metrics.masking",
+    "register_layer_rule": "metrics._fx_rules",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'metrics' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

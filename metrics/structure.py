@@ -1,0 +1,244 @@
+"""Structure of a network for channel pruning: producers, units, mask points and weight counts.
+
+``analyze(model, example_input)`` traces the model with torch.fx once and returns a
+``Structure``. Its counting methods take a boolean ``keep`` tensor ``[..., num_units]`` (True =
+unit kept) and are vectorised over the leading dimensions, so K trajectories cost one call.
+See docs/structure.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from taxonomy.errors import PrunetaxError
+
+__all__ = ["Layer", "Unit", "Structure", "StructureError", "analyze"]
+
+
+class StructureError(PrunetaxError):
+    """The network has an operation whose channel mapping the analysis cannot place."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A Conv or Linear layer (prunable or not) and how its channels map to units."""
+    name: str
+    kind: str  # "conv" | "linear"
+    out_channels: int
+    in_channels: int  # linear: channels of its input before any flatten (in_features // kernel)
+    groups: int
+    kernel: int  # conv: kh*kw; linear: spatial size of one input channel (1 without flatten)
+    out_spatial: int  # conv: H_out*W_out; linear: 1
+    out_units: torch.Tensor = field(repr=False)  # long [out_channels], -1 = not prunable
+    in_units: torch.Tensor = field(repr=False)  # long [in_channels], -1 = always present
+    bn: str | None = None
+    mask_point: str | None = None
+
+    @property
+    def is_producer(self) -> bool:
+        return bool((self.out_units >= 0).any())
+
+    @property
+    def weights(self) -> int:
+        return self.kernel * self.in_channels * self.out_channels // self.groups
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Channels removed together, and the consumer input slices removed with them."""
+    id: int
+    members: tuple[tuple[str, int], ...]
+    consumers: tuple[tuple[str, int], ...]
+
+
+class Structure:
+    """Result of ``analyze``; see the module docstring and docs/structure.md."""
+
+    def __init__(self, layers, units, params, input_shape, node_units, remask, pads, custom):
+        self.layers: dict[str, Layer] = layers
+        self.producers: list[str] = [n for n, L in layers.items() if L.is_producer]
+        self.units: list[Unit] = units
+        self.num_units: int = len(units)
+        self.params: int = params
+        self.input_shape: tuple = tuple(input_shape)
+        self.node_units: dict[str, tuple[torch.Tensor, int]] = node_units  # fx node -> (units per channel, kernel)
+        self.remask: list[str] = remask  # fx nodes after which the mask is re-applied
+        self.pads: dict[str, tuple[int, int]] = pads  # fx node -> channel padding (front, back)
+        self.custom = custom  # fx node -> registered LayerRule
+        U = self.num_units
+        self._idx = {n: ((L.in_units % (U + 1)), (L.out_units % (U + 1))) for n, L in layers.items()}
+        convs = [L for L in layers.values() if L.kind == "conv"]
+        self.conv_channels: int = sum(L.out_channels for L in convs)
+        self.conv_weights: int = sum(L.weights for L in convs)
+        self.macs: int = sum(L.weights * L.out_spatial for L in layers.values())
+        self._pairs = {n: _shared_pairs(L) for n, L in layers.items()}
+
+    def __repr__(self):
+        return (f"Structure({len(self.layers)} layers, {len(self.producers)} producers, {self.num_units} units, "
+                f"conv_weights={self.conv_weights})")
+
+    # -- vectorised counts ----------------------------------------------------------------------
+    def _active(self, keep: torch.Tensor):
+        keep = torch.as_tensor(keep)
+        if keep.shape[-1] != self.num_units:
+            raise PrunetaxError(f"keep has {keep.shape[-1]} units in its last dimension; the structure has {self.num_units}")
+        lead = keep.shape[:-1]
+        a = keep.reshape(-1, self.num_units).to(torch.float64)
+        return torch.cat([a, a.new_ones(a.shape[0], 1)], 1), lead
+
+    def _group_counts(self, A, name):
+        L = self.layers[name]
+        i, o = self._idx[name]
+        i, o = i.to(A.device), o.to(A.device)
+        act_in, act_out = A[:, i], A[:, o]
+        G = L.groups
+        return act_in, act_out, act_in.view(len(A), G, -1).sum(-1), act_out.view(len(A), G, -1).sum(-1)
+
+    def _sum_layers(self, keep, kinds, per_layer):
+        A, lead = self._active(keep)
+        total = A.new_zeros(len(A))
+        for name, L in self.layers.items():
+            if L.kind in kinds:
+                _, _, a_in, a_out = self._group_counts(A, name)
+                total = total + per_layer(L, a_in, a_out)
+        return total.round().long().reshape(lead)
+
+    def conv_weights_active(self, keep) -> torch.Tensor:
+        """Σ_conv k·active(in)·active(out) per group (the pruning rate's denominator), shape [...]."""
+        return self._sum_layers(keep, ("conv",), lambda L, a, b: L.kernel * (a * b).sum(-1))
+
+    def weights_active(self, keep) -> torch.Tensor:
+        """Conv and linear weights still present (no biases), shape [...]."""
+        return self._sum_layers(keep, ("conv", "linear"), lambda L, a, b: L.kernel * (a * b).sum(-1))
+
+    def macs_active(self, keep) -> torch.Tensor:
+        """Multiply-accumulates of conv and linear layers per image, shape [...]."""
+        return self._sum_layers(keep, ("conv", "linear"), lambda L, a, b: L.kernel * L.out_spatial * (a * b).sum(-1))
+
+    def channels_active(self, keep) -> torch.Tensor:
+        """Conv output channels still present, shape [...]."""
+        return self._sum_layers(keep, ("conv",), lambda L, a, b: b.sum(-1))
+
+    def weights_removed(self, keep) -> torch.Tensor:
+        """For each unit, the conv+linear weights removed with it if it were removed now, [..., num_units].
+
+        Per layer and group g, removing a unit that holds a_g active inputs and b_g active outputs
+        removes k·(a_g·out_g + b_g·in_g − a_g·b_g) weights; units already removed give 0.
+        """
+        A, lead = self._active(keep)
+        U = self.num_units
+        out = A.new_zeros(len(A), U + 1)
+        for name, L in self.layers.items():
+            i, o = (t.to(A.device) for t in self._idx[name])
+            act_in, act_out, a_in, a_out = self._group_counts(A, name)
+            ipg, opg = L.in_channels // L.groups, L.out_channels // L.groups
+            out.index_add_(1, i, L.kernel * act_in * a_out.repeat_interleave(ipg, 1))
+            out.index_add_(1, o, L.kernel * act_out * a_in.repeat_interleave(opg, 1))
+            pairs = self._pairs[name]
+            if pairs is not None:
+                j, p, u = (t.to(A.device) for t in pairs)
+                out.index_add_(1, u, -L.kernel * act_in[:, j] * act_out[:, p])
+        return out[:, :U].round().long().reshape(*lead, U)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (used by ``prunetax structure --format json``)."""
+        return {
+            "input_shape": list(self.input_shape),
+            "producers": [{"name": n, "kind": self.layers[n].kind, "out_channels": self.layers[n].out_channels,
+                           "unit_ids": self.layers[n].out_units.tolist()} for n in self.producers],
+            "units": self.num_units,
+            "conv_channels": self.conv_channels,
+            "conv_weights": self.conv_weights,
+            "params": self.params,
+            "macs": self.macs,
+        }
+
+
+def _shared_pairs(L: Layer):
+    """(input idx, output idx, unit) of weights whose input and output channel are in one unit."""
+    common = torch.isin(L.in_units[L.in_units >= 0], L.out_units[L.out_units >= 0])
+    if not bool(common.any()):
+        return None
+    G = L.groups
+    iu, ou = L.in_units.view(G, -1), L.out_units.view(G, -1)
+    eq = (iu[:, :, None] == ou[:, None, :]) & (iu[:, :, None] >= 0)
+    g, j, p = eq.nonzero(as_tuple=True)
+    return g * iu.shape[1] + j, g * ou.shape[1] + p, iu[g, j]
+
+
+def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
+    """Trace ``model`` on ``example_input`` ([B, C, H, W]) and find its producers and units."""
+    from metrics import _fx_rules as R
+    from metrics._trace import Walk, trace
+
+    gm = trace(model)
+    walk = Walk(gm, example_input)
+    uf = walk.uf
+    # units, numbered in topological order of their first member channel
+    unit_of_root: dict[int, int] = {}
+    for L in walk.layers:
+        for r in uf.roots(L["out_ids"]).tolist():
+            if r != R.FIXED and r not in unit_of_root:
+                unit_of_root[r] = len(unit_of_root)
+
+    def units(ids: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([unit_of_root.get(r, -1) for r in uf.roots(ids).tolist()], dtype=torch.long)
+
+    modules = dict(gm.named_modules())
+    chain_nodes: set[fx.Node] = set()
+    layers: dict[str, Layer] = {}
+    for L in walk.layers:
+        out_u, in_u = units(L["out_ids"]), units(L["in_ids"])
+        bn, point = None, None
+        if bool((out_u >= 0).any()):
+            point, bn, chain = _mask_point(L["node"], modules)
+            chain_nodes.update(chain)
+        layers[L["name"]] = Layer(L["name"], L["kind"], len(out_u), len(in_u), L["groups"], L["kernel"],
+                                  L["out_spatial"], out_u, in_u, bn, point)
+    members = [[] for _ in unit_of_root]
+    consumers = [[] for _ in unit_of_root]
+    for name, L in layers.items():
+        for c, u in enumerate(L.out_units.tolist()):
+            if u >= 0:
+                members[u].append((name, c))
+        for c, u in enumerate(L.in_units.tolist()):
+            if u >= 0:
+                consumers[u].append((name, c))
+    unit_list = [Unit(i, tuple(m), tuple(c)) for i, (m, c) in enumerate(zip(members, consumers))]
+    node_units, remask = {}, []
+    producer_nodes = {L["node"] for L in walk.layers}
+    for node, ch in walk.info.items():
+        if ch is None:
+            continue
+        u = units(ch.ids)
+        node_units[node.name] = (u, ch.kernel)
+        if (not walk.zero_preserving.get(node, True) and node not in chain_nodes
+                and node not in producer_nodes and bool((u >= 0).any())):
+            remask.append(node.name)
+    params = sum(p.numel() for p in model.parameters())
+    return Structure(layers, unit_list, params, example_input.shape[1:], node_units, remask, walk.pads, walk.custom)
+
+
+def _mask_point(node: fx.Node, modules):
+    """Follow a producer through its own BatchNorm and activation; returns (node name, bn, nodes up to it)."""
+    from metrics import _fx_rules as R
+
+    chain = []
+    bn = None
+    cur = node
+    steps = [R.is_batchnorm, R.is_activation]
+    for step in steps:
+        users = list(cur.users)
+        if len(users) != 1:
+            break
+        u = users[0]
+        mod = modules.get(u.target) if u.op == "call_module" else None
+        if u.args[:1] != (cur,) or not step(u, mod):
+            continue
+        chain.append(cur)
+        cur = u
+        if step is R.is_batchnorm:
+            bn = u.target
+    return cur.name, bn, chain + [cur]
