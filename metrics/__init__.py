@@ -15,6 +15,10 @@ _LAZY = {
     "MaskedModel": "metrics.masking",
     "slim": "metrics.masking",
     "register_layer_rule": "metrics._fx_rules",
+    "unregister_layer_rule": "metrics._fx_rules",
+    "saliencies": "metrics.saliency",
+    "SaliencyResult": "metrics.saliency",
+    "lm_curvature": "metrics.curvature",
 }
 
 __all__ = sorted(_LAZY)

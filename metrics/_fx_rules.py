@@ -31,7 +31,7 @@ class Channels:
 @dataclass(frozen=True)
 class LayerRule:
     """A registered channel rule for a custom module class, function or method name."""
-    channels: str | Callable  # "passthrough" or fn(module_or_None, num_in_channels) -> long [C_out] source index (-1: zero)
+    channels: str | Callable  # "passthrough" or fn(num_in_channels, module_or_None, *args, **kwargs) -> long [C_out]
     zero_preserving: bool = True
     slim: Callable | None = None  # fn(module, keep_in: bool [C_in]) -> smaller module (modules only)
 
@@ -44,15 +44,23 @@ def register_layer_rule(target, channels="passthrough", *, zero_preserving: bool
 
     ``target``: an ``nn.Module`` subclass (traced as a leaf), a function (``torch.roll``) or a
     method name (``"roll"``). ``channels``: ``"passthrough"`` (output channel c is input
-    channel c, e.g. an element-wise op) or ``fn(module_or_None, num_in_channels)`` returning a
-    long tensor with, for each output channel, the input channel it comes from (-1 for a new
-    zero channel). ``zero_preserving``: whether a zero input channel gives a zero output channel
-    (if not, the mask is re-applied after it). ``slim``: for modules holding per-channel state,
-    ``fn(module, keep_in) -> module`` building the smaller module.
+    channel c, e.g. an element-wise op) or ``fn(num_in_channels, module_or_None, *args, **kwargs)``
+    (the call's own arguments; tensors appear as fx nodes) returning a long tensor with, for each
+    output channel, the input channel it comes from (-1 for a new zero channel).
+    ``zero_preserving``: whether a zero input channel gives a zero output channel (if not, the
+    mask is re-applied after it). ``slim``: for modules holding per-channel state,
+    ``fn(module, keep_in: bool [C_in]) -> module`` building the smaller module.
     """
+    from metrics.structure import StructureError
+
     if not (channels == "passthrough" or callable(channels)):
-        raise ValueError(f"channels must be 'passthrough' or a callable, got {channels!r}")
+        raise StructureError(f"channels must be 'passthrough' or a callable, got {channels!r}")
     _CUSTOM[target] = LayerRule(channels, zero_preserving, slim)
+
+
+def unregister_layer_rule(target) -> None:
+    """Forget a rule added with ``register_layer_rule`` (no error if there is none)."""
+    _CUSTOM.pop(target, None)
 
 
 def custom_rule(target) -> LayerRule | None:

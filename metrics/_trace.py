@@ -86,8 +86,7 @@ class Walk:
         was = {m: m.training for m in gm.modules()}
         gm.eval()
         try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(example_input[:1])
+            _shapes_on_meta(gm, example_input[:1])
         except Exception as exc:
             msg = (str(exc).splitlines() or [""])[0]
             raise StructureError(f"the model fails on an input of shape {tuple(example_input.shape)} "
@@ -99,8 +98,8 @@ class Walk:
             self._visit(node)
 
     # -- helpers --------------------------------------------------------------------------------
-    def fail(self, node, why: str):
-        raise self.Error(f"cannot place node '{node.name}' ({R.describe(node)}): {why}; {_HOW}")
+    def fail(self, node, why: str, how: str = _HOW):
+        raise self.Error(f"cannot place node '{node.name}' ({R.describe(node)}): {why}; {how}")
 
     @staticmethod
     def shape(node):
@@ -133,8 +132,9 @@ class Walk:
             return
         if node.op == "get_attr":
             if any(self.info.get(u) is not None or self.shape(u) is not None for u in node.users):
-                self.fail(node, "a parameter or buffer used directly in forward has unknown channels; "
-                                "wrap it in a module and")
+                self.fail(node, "a parameter or buffer used in forward: channel mapping unknown",
+                          "register the module that uses it with metrics.register_layer_rule(...) "
+                          "so that it is traced as one layer")
             self.info[node] = None
             return
         tm = node.meta.get("tensor_meta")
@@ -163,7 +163,7 @@ class Walk:
             self.custom[node.name] = rule
             if rule.channels == "passthrough":
                 return self.check_pass(node, x, ch), rule.zero_preserving
-            src = rule.channels(module, len(ch.ids))
+            src = rule.channels(len(ch.ids), module, *node.args, **node.kwargs)
             out = R.source_map(ch, src)
             so = self.shape(node)
             if so is None or len(so) < 2 or so[1] != len(out.ids) * out.kernel:
@@ -349,6 +349,23 @@ class Walk:
         if Ellipsis in idx or None in idx or idx[0] != full or (len(idx) > 1 and idx[1] != full):
             self.fail(node, "indexing that selects batch rows or channels")
         return self.check_pass(node, x, ch)
+
+
+class _Propagate(nn.Module):
+    def __init__(self, gm):
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, x):
+        return ShapeProp(self.gm).propagate(x)
+
+
+def _shapes_on_meta(gm: fx.GraphModule, x: torch.Tensor) -> None:
+    """Record every node's output shape, computing on the meta device (no arithmetic)."""
+    wrapper = _Propagate(gm)
+    state = {k: torch.empty_like(v, device="meta") for k, v in wrapper.state_dict(keep_vars=True).items()}
+    with torch.no_grad():
+        torch.func.functional_call(wrapper, state, (x.to("meta"),), strict=False)
 
 
 def _flat(args, kwargs):

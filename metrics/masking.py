@@ -114,7 +114,7 @@ class MaskedModel(nn.Module):
             insert_after(node(name), f"_prunetax_remask_{i}", _Mask(self._state, index(name), None))
         for i, (name, L) in enumerate(structure.layers.items()):
             layer_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == name)
-            gm.add_submodule(f"_prunetax_input_{i}", _Input(self._state, name, L.in_channels, L.kernel))
+            gm.add_submodule(f"_prunetax_input_{i}", _Input(self._state, name, L.in_channels, L.kernel if L.kind == "linear" else 1))
             with gm.graph.inserting_before(layer_node):
                 rec = gm.graph.call_module(f"_prunetax_input_{i}", (layer_node.args[0],))
             layer_node.args = (rec,) + tuple(layer_node.args[1:])
@@ -203,26 +203,32 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
+def _where(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero().flatten()
+
+
 def _slim_layer(m: nn.Module, L, ko: torch.Tensor, ki: torch.Tensor) -> nn.Module:
-    w = m.weight
+    w = m.weight.index_select(0, _where(ko).to(m.weight.device))
     if L.kind == "linear":
-        new = nn.Linear(int(ki.sum()) * L.kernel, int(ko.sum()), m.bias is not None, device=w.device, dtype=w.dtype)
-        new.weight.copy_(w[ko][:, ki.repeat_interleave(L.kernel)])
+        new = torch.nn.utils.skip_init(nn.Linear, int(ki.sum()) * L.kernel, int(ko.sum()), m.bias is not None,
+                                       device=w.device, dtype=w.dtype)
+        new.weight.copy_(w.index_select(1, _where(ki.repeat_interleave(L.kernel)).to(w.device)))
     else:
         G = m.groups
         ipg = m.in_channels // G
         if G > 1 and ipg == 1:  # depthwise: whole groups go
-            groups, w = int(ki.sum()), w[ko]
+            groups = int(ki.sum())
         else:
             per_group = ki.view(G, ipg)
             if not bool((per_group == per_group[0]).all()):
                 raise StructureError(f"layer '{L.name}': removing these units would unbalance its {G} groups")
-            groups, w = G, w[ko][:, per_group[0]]
-        new = type(m)(int(ki.sum()), int(ko.sum()), m.kernel_size, m.stride, m.padding, m.dilation, groups,
-                      m.bias is not None, m.padding_mode, device=w.device, dtype=w.dtype)
+            groups, w = G, w.index_select(1, _where(per_group[0]).to(w.device))
+        new = torch.nn.utils.skip_init(type(m), int(ki.sum()), int(ko.sum()), m.kernel_size, m.stride, m.padding,
+                                       m.dilation, groups, m.bias is not None, m.padding_mode,
+                                       device=w.device, dtype=w.dtype)
         new.weight.copy_(w)
     if m.bias is not None:
-        new.bias.copy_(m.bias[ko])
+        new.bias.copy_(m.bias.index_select(0, _where(ko).to(w.device)))
     new.train(m.training)
     return new
 
@@ -231,10 +237,11 @@ def _slim_bn(m: nn.modules.batchnorm._BatchNorm, k: torch.Tensor) -> nn.Module:
     new = copy.deepcopy(m)
     new.num_features = int(k.sum())
     for name, p in list(m.named_parameters(recurse=False)):
-        setattr(new, name, nn.Parameter(p.detach()[k].clone(), requires_grad=p.requires_grad))
+        idx = _where(k).to(p.device)
+        setattr(new, name, nn.Parameter(p.detach().index_select(0, idx), requires_grad=p.requires_grad))
     for name, b in list(m.named_buffers(recurse=False)):
         if b is not None and b.dim() == 1 and b.numel() == len(k):
-            setattr(new, name, b[k].clone())
+            setattr(new, name, b.index_select(0, _where(k).to(b.device)))
     return new
 
 

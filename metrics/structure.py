@@ -92,7 +92,7 @@ class Structure:
         L = self.layers[name]
         i, o = self._idx[name]
         i, o = i.to(A.device), o.to(A.device)
-        act_in, act_out = A[:, i], A[:, o]
+        act_in, act_out = A.index_select(1, i), A.index_select(1, o)
         G = L.groups
         return act_in, act_out, act_in.view(len(A), G, -1).sum(-1), act_out.view(len(A), G, -1).sum(-1)
 
@@ -139,7 +139,7 @@ class Structure:
             pairs = self._pairs[name]
             if pairs is not None:
                 j, p, u = (t.to(A.device) for t in pairs)
-                out.index_add_(1, u, -L.kernel * act_in[:, j] * act_out[:, p])
+                out.index_add_(1, u, -L.kernel * act_in.index_select(1, j) * act_out.index_select(1, p))
         return out[:, :U].round().long().reshape(*lead, U)
 
     def to_dict(self) -> dict:
