@@ -1,0 +1,97 @@
+"""The model zoo: registry, glob listing, errors, lazily registered torchvision models, shapes."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmarks import models
+from benchmarks.models import create_model, list_models, model_info, register_model
+from taxonomy.errors import PrunetaxError
+
+CIFAR = ["lenet5", "cifar10_quick", "nin", "alexnet_cifar", "resnet20", "resnet56", "resnet20_a",
+         "resnet56_a", "vgg16_bn", "mobilenetv2", "densenet40"]
+TORCHVISION = ["tv_resnet18", "tv_resnet50", "tv_mobilenet_v2", "tv_densenet121", "tv_vgg16_bn"]
+
+
+def _torchvision_imports() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def test_every_model_is_listed_with_a_description():
+    names = list_models()
+    assert set(CIFAR + TORCHVISION) <= set(names) and names == sorted(names)
+    assert all(model_info(n).description for n in names)
+    assert all(model_info(n).available for n in CIFAR)
+
+
+def test_glob_patterns():
+    assert list_models("resnet*") == ["resnet20", "resnet20_a", "resnet56", "resnet56_a"]
+    assert list_models("*_a") == ["resnet20_a", "resnet56_a"]
+    assert list_models("tv_*") == sorted(TORCHVISION)
+    assert list_models("nothing*") == []
+
+
+def test_unknown_model_names_close_matches():
+    with pytest.raises(PrunetaxError, match="unknown model 'resnet2'.*resnet20") as e:
+        create_model("resnet2")
+    assert "\n" not in str(e.value)
+    with pytest.raises(PrunetaxError, match="choose one of"):
+        model_info("zzzzzzzz")
+
+
+def test_torchvision_models_are_listed_even_when_unavailable():
+    if _torchvision_imports():
+        assert all(model_info(n).available for n in TORCHVISION)
+        return
+    for name in TORCHVISION:
+        info = model_info(name)
+        assert not info.available and "torchvision" in info.reason
+        with pytest.raises(PrunetaxError, match=f"'{name}' is unavailable: needs torchvision"):
+            create_model(name)
+    assert not set(TORCHVISION) & set(list_models(available_only=True))
+
+
+@pytest.mark.parametrize("name", CIFAR)
+def test_forward_shapes_and_traceable(name):
+    channels, size = (1, 28) if name == "lenet5" else (3, 32)  # lenet5 as on MNIST
+    model = create_model(name, in_channels=channels, num_classes=7, input_size=size).eval()
+    x = torch.randn(2, channels, size, size)
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+        traced = torch.fx.symbolic_trace(model)
+        torch.testing.assert_close(traced(x), model(x))
+
+
+def test_cifar10_quick_pools_like_caffe():
+    model = create_model("cifar10_quick")
+    sizes, x = [], torch.zeros(1, 3, 32, 32)
+    for m in model:
+        x = m(x)
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            sizes.append(x.shape[-1])
+    assert sizes == [16, 8, 4]  # ceil mode, as Caffe rounds up
+
+
+def test_bad_sizes_and_registration():
+    with pytest.raises(PrunetaxError, match="input_size"):
+        create_model("vgg16_bn", input_size=16)
+    with pytest.raises(PrunetaxError, match="positive"):
+        create_model("lenet5", num_classes=0)
+
+    @register_model(name="_test_tiny")
+    def tiny(in_channels=3, num_classes=10, input_size=32):
+        """A one-layer test model."""
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size ** 2, num_classes))
+
+    try:
+        assert "_test_tiny" in list_models("_test*")
+        assert create_model("_test_tiny", in_channels=1, num_classes=2, input_size=4)(torch.zeros(1, 1, 4, 4)).shape == (1, 2)
+        with pytest.raises(PrunetaxError, match="already registered"):
+            register_model(tiny, name="_test_tiny")
+    finally:
+        models._REGISTRY.pop("_test_tiny")
