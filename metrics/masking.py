@@ -9,6 +9,7 @@ same function as the masked one.
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 from torch import fx, nn
@@ -89,6 +90,7 @@ class MaskedModel(nn.Module):
         self.structure = structure
         self._state = _State()
         gm = trace(model)
+        _no_inplace(gm)  # taps must keep their values: `out += x` or ReLU(inplace) would overwrite them
         nodes = {n.name: n for n in gm.graph.nodes}
         U = structure.num_units
 
@@ -163,6 +165,30 @@ class MaskedModel(nn.Module):
         if self._state.record:
             self._state.taps, self._state.inputs = {}, {}
         return self.graph_module(x)
+
+
+_OUT_OF_PLACE = {operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+                 operator.itruediv: operator.truediv}
+
+
+def _no_inplace(gm: fx.GraphModule) -> None:
+    """Rewrite in-place ops of the traced copy as out-of-place ones (the model itself is untouched)."""
+    for i, node in enumerate(list(gm.graph.nodes)):
+        if node.op == "call_function" and node.target in _OUT_OF_PLACE:
+            node.target = _OUT_OF_PLACE[node.target]
+        elif node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
+            if node.target in ("add_", "sub_", "mul_", "div_", "relu_", "sigmoid_", "tanh_", "clamp_"):
+                node.target = node.target[:-1]
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            if getattr(m, "inplace", False) is True and not any(True for _ in m.parameters(recurse=False)):
+                m = copy.copy(m)
+                m.inplace = False
+                gm.add_submodule(f"_prunetax_out_of_place_{i}", m)
+                node.target = f"_prunetax_out_of_place_{i}"
+    gm.recompile()
 
 
 def slim(model: nn.Module, structure: Structure, keep: torch.Tensor) -> nn.Module:

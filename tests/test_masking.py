@@ -159,3 +159,29 @@ def test_masking_on_gpu():
         y = masked(x.cuda().repeat(2, 1, 1, 1))
         ys = slim(model, s, keep[1]).cuda().eval()(x.cuda())
     assert (y[2:] - ys).abs().max() <= 1e-4
+
+
+def test_in_place_ops_do_not_overwrite_taps():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.relu, self.fc = nn.ReLU(inplace=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.relu(self.a(x))
+            out = self.bn(self.b(x))
+            out = out.add_(x)  # in place on the mask point of b
+            return self.fc(torch.flatten(self.relu(out).mean((2, 3)), 1))
+
+    model = _random_bn(Block())
+    x = torch.randn(2, 3, 6, 6)
+    s = analyze(model, x)
+    masked = MaskedModel(model, s).eval()
+    masked.record = True
+    y = masked(x)
+    with torch.no_grad():
+        expected = model.bn(model.b(torch.relu(model.a(x))))
+        torch.testing.assert_close(masked.taps["b"].detach(), expected)
+        torch.testing.assert_close(y, model(x))
+    assert model.relu.inplace  # the user's model is untouched
