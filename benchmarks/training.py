@@ -31,11 +31,15 @@ __all__ = ["Recipe", "recipe_for", "train_baseline", "load_baseline", "evaluate"
            "cache_key", "resolve_device", "DEFAULT_EPOCHS"]
 
 # Default epochs per model (docs/data.md); any other model gets FALLBACK_EPOCHS.
-DEFAULT_EPOCHS = {"lenet5": 10, "cifar10_quick": 20, "nin": 40, "alexnet": 40, "resnet20": 60}
+DEFAULT_EPOCHS = {"lenet5": 10, "cifar10_quick": 20, "nin": 40, "alexnet_cifar": 40,
+                  "resnet20": 60, "resnet20_a": 60, "resnet56": 80, "resnet56_a": 80,
+                  "vgg16_bn": 60, "mobilenetv2": 60, "densenet40": 60}
 FALLBACK_EPOCHS = 30
-# Per-model changes to the common recipe (networks without BatchNorm train at a lower rate).
+# Per-model changes to the common recipe: networks without BatchNorm train at a lower rate.
 _OVERRIDES = {"lenet5": {"lr": 0.05}, "cifar10_quick": {"lr": 0.05}, "nin": {"lr": 0.02},
-              "alexnet": {"lr": 0.02}, "resnet20": {"lr": 0.1}}
+              "alexnet_cifar": {"lr": 0.02}, "resnet20": {"lr": 0.1}, "resnet20_a": {"lr": 0.1},
+              "resnet56": {"lr": 0.1}, "resnet56_a": {"lr": 0.1}, "vgg16_bn": {"lr": 0.1},
+              "mobilenetv2": {"lr": 0.1, "weight_decay": 4e-5}, "densenet40": {"lr": 0.1, "weight_decay": 1e-4}}
 
 
 @dataclass(frozen=True)
