@@ -1,0 +1,312 @@
+"""Evaluate many metrics from one pass: pointwise -> reduction -> aggregation -> Domino -> scaling.
+
+docs/metrics.md defines every quantity. Everything is vectorised over K trajectories (each with
+its own keep mask) and over channels; metrics that share a (site, pointwise, aggregation) share
+its pointwise tensor, and all metrics share one forward/backward pass.
+"""
+from __future__ import annotations
+
+import torch
+
+from metrics.kernels import NEEDS, kernel
+from metrics.signals import Needs, Signals, collect
+from taxonomy.errors import PrunetaxError
+from taxonomy.expr import MetricExpr, parse_metric
+from taxonomy.spec import MetricSpec
+
+_BN = ("bn_weight", "bn_bias")
+
+
+def as_metrics(specs) -> list[MetricSpec | MetricExpr]:
+    out = []
+    for s in ([specs] if isinstance(specs, (str, MetricSpec, MetricExpr)) else specs):
+        out.append(parse_metric(s) if isinstance(s, str) else s)
+    if not out:
+        raise PrunetaxError("no metrics given")
+    return out
+
+
+def leaf_specs(metrics) -> list[MetricSpec]:
+    seen: dict[MetricSpec, None] = {}
+    for m in metrics:
+        for s in (m.specs if isinstance(m, MetricExpr) else (m,)):
+            seen.setdefault(s, None)
+    return list(seen)
+
+
+def plan(structure, specs: list[MetricSpec]) -> Needs:
+    """Which signals the specs need on this network."""
+    needs = Needs()
+    producers = structure.producers
+    conv_consumers = [n for n, L in structure.layers.items() if L.kind == "conv" and bool((L.in_units >= 0).any())]
+    for s in specs:
+        kernel("pointwise", s.pointwise)  # raises for a component without a kernel
+        nd = NEEDS[s.pointwise]
+        needs.grad |= "g" in nd
+        needs.lm |= "h" in nd
+        if s.base_input == "activation":
+            needs.act.update(producers)
+            if s.structure == "domino_io":
+                needs.act_in.update(conv_consumers)
+        elif s.base_input == "weight":
+            if nd:
+                needs.weight.update(producers)
+                if s.structure == "domino_io":
+                    needs.weight.update(conv_consumers)
+        elif s.base_input in _BN:
+            missing = [p for p in producers if structure.layers[p].bn is None]
+            if missing:
+                raise PrunetaxError(f"metric {s} reads BatchNorm parameters but producer '{missing[0]}' has no "
+                                    "BatchNorm of its own; use a weight or activation metric on this network")
+            needs.bn.update(producers)
+        else:
+            raise PrunetaxError(f"no engine support for base input {s.base_input!r}")
+    return needs
+
+
+class Accumulator:
+    """Saliency statistics summed over chunks of images, then finalised into S(l, c).
+
+    Per-image reductions are linear in the images (a running sum of R(f_n)); batch aggregation
+    keeps the running sum of f itself and reduces at the end. Structure and scaling are applied
+    once, in ``channel_saliency``, after every chunk has been added.
+    """
+
+    def __init__(self, model, structure, metrics, keep: torch.Tensor):
+        self.model, self.st = model, structure
+        self.metrics = list(metrics)
+        self.specs = leaf_specs(self.metrics)
+        self.needs = plan(structure, self.specs)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.keep = keep.to(device=device, dtype=torch.bool)  # [K, U]
+        self.K, self.U = self.keep.shape
+        self.active = torch.cat([self.keep, self.keep.new_ones(self.K, 1)], 1).to(torch.float64)  # [K, U+1]
+        self.sums: dict = {}
+        self.spatial: dict = {}   # (layer, consumer) -> activation elements per channel
+        self.n = 0
+        self.sig: Signals | None = None
+        self.B = 0
+        self._sites = self._site_keys()
+
+    def _site_keys(self) -> dict:
+        """(name, base, pointwise, aggregation, consumer) -> reductions needed, for every spec."""
+        conv_consumers = [n for n, L in self.st.layers.items()
+                          if L.kind == "conv" and bool((L.in_units >= 0).any())]
+        sites: dict[tuple, set] = {}
+        for s in self.specs:
+            names = [(p, False) for p in self.st.producers]
+            if s.structure == "domino_io":
+                names += [(c, True) for c in conv_consumers]
+            for name, consumer in names:
+                sites.setdefault((name, s.base_input, s.pointwise, s.aggregation, consumer), set()).add(s.reduction)
+        return sites
+
+    def add(self, sig: Signals, images_per_trajectory: int) -> None:
+        """Add the signals of one chunk: K trajectories x ``images_per_trajectory`` images."""
+        self.sig, self.B = sig, images_per_trajectory
+        elements: dict = {}
+        for (name, base, pw, agg, consumer), reductions in self._sites.items():
+            if (name, base, consumer) not in elements:
+                elements[(name, base, consumer)] = self.elements(name, base, consumer)
+            x, g, h = elements[(name, base, consumer)]
+            if base == "activation":
+                self.spatial[(name, consumer)] = x.shape[-1]
+            f = kernel("pointwise", pw)(x, g, h)              # [K, B or 1, C, E]
+            if agg == "batch":
+                total = f.sum(1) if f.shape[1] == self.B else f[:, 0] * self.B
+                self._accumulate((name, base, pw, agg, consumer), total)
+            else:
+                for red in reductions:
+                    r = kernel("reduction", red)(f).to(torch.float64)
+                    total = r.sum(1) if r.shape[1] == self.B else r[:, 0] * self.B
+                    self._accumulate((name, base, pw, agg, consumer, red), total)
+        self.n += images_per_trajectory
+        self.sig = None
+
+    def _accumulate(self, key, value) -> None:
+        value = value.to(torch.float64) if key[3] != "batch" else value
+        self.sums[key] = value if key not in self.sums else self.sums[key] + value
+
+    def reduced(self, name: str, spec: MetricSpec, consumer: bool) -> torch.Tensor:
+        """s(c): the aggregated, reduced saliency of a site, float64 [K, C]."""
+        if self.n == 0:
+            raise PrunetaxError("no images: give at least one saliency batch")
+        base = (name, spec.base_input, spec.pointwise, spec.aggregation, consumer)
+        if spec.aggregation == "batch":
+            return kernel("reduction", spec.reduction)(self.sums[base] / self.n).to(torch.float64)
+        return self.sums[base + (spec.reduction,)] / self.n
+
+    # -- active-channel masks and element counts ---------------------------------------------------
+    def weights_removed(self) -> torch.Tensor:
+        """Structure.weights_removed for the current masks, float64 [K, U+1] (last column 1)."""
+        if "weights_removed" not in self.sums:
+            wr = self.st.weights_removed(self.keep).to(torch.float64)
+            self.sums["weights_removed"] = torch.cat([wr, wr.new_ones(self.K, 1)], 1)
+        return self.sums["weights_removed"]
+
+    def act_of(self, units: torch.Tensor) -> torch.Tensor:
+        return self.active[:, (units % (self.U + 1)).to(self.active.device)]       # [K, C]
+
+    def weight_x(self, name: str, consumer: bool) -> torch.Tensor:
+        """Masked weights [K, 1, C, E]: producer rows (C = out) or consumer slices (C = in)."""
+        L = self.st.layers[name]
+        m = self.model.get_submodule(name)
+        W = m.weight.detach()
+        G, O, I = L.groups, L.out_channels, L.in_channels
+        W = W.reshape(O, I // G, -1)                       # [O, I/G, k]
+        a_in, a_out = self.act_of(L.in_units).to(W.dtype), self.act_of(L.out_units).to(W.dtype)
+        in_idx = (torch.arange(O, device=W.device) // (O // G))[:, None] * (I // G) + torch.arange(I // G, device=W.device)
+        Wm = W[None] * a_in[:, in_idx][..., None] * a_out[:, :, None, None]      # [K, O, I/G, k]
+        if not consumer:
+            x = Wm.reshape(self.K, O, -1)
+            if m.bias is not None:
+                x = torch.cat([x, m.bias.detach()[None, :, None].expand(self.K, O, 1)], -1)
+            return x[:, None]
+        return _to_input_major(Wm, G)[:, None]
+
+    def weight_g(self, name: str, which: int, consumer: bool) -> torch.Tensor | None:
+        g, gb, h, hb = self.sig.weight_grad[name]
+        t, tb = (g, gb) if which == 0 else (h, hb)
+        if t is None:
+            return None
+        L = self.st.layers[name]
+        t = t.reshape(self.K, self.B, L.out_channels, -1)
+        if not consumer:
+            if tb is not None:
+                t = torch.cat([t, tb.reshape(self.K, self.B, L.out_channels, 1)], -1)
+            return t
+        k = t.shape[-1] // (L.in_channels // L.groups)
+        t = t.reshape(self.K * self.B, L.out_channels, L.in_channels // L.groups, k)
+        return _to_input_major(t, L.groups).reshape(self.K, self.B, L.in_channels, -1)
+
+    def counts(self, name: str, base: str, consumer: bool) -> torch.Tensor:
+        """Elements per channel (producer) or per input slice (consumer), [K, C] float64."""
+        L = self.st.layers[name]
+        dev = self.active.device
+        if base in _BN:
+            return torch.ones(self.K, L.out_channels, dtype=torch.float64, device=dev)
+        if base == "activation":
+            C = L.in_channels if consumer else L.out_channels
+            return torch.full((self.K, C), float(self.spatial[(name, consumer)]), dtype=torch.float64, device=dev)
+        G = L.groups
+        if consumer:
+            per_group = self.act_of(L.out_units).view(self.K, G, -1).sum(-1)
+            return per_group.repeat_interleave(L.in_channels // G, 1) * L.kernel
+        per_group = self.act_of(L.in_units).view(self.K, G, -1).sum(-1)
+        return per_group.repeat_interleave(L.out_channels // G, 1) * L.kernel
+
+    # -- per-channel reduced saliency s ------------------------------------------------------------
+    def elements(self, name: str, base: str, consumer: bool):
+        """(x, g, h) for a site, each broadcastable to [K, B, C, E]."""
+        if base == "activation":
+            x, g, h = (self.sig.act_in if consumer else self.sig.act)[name]
+            r = lambda t: None if t is None else t.reshape(self.K, self.B, *t.shape[1:])  # noqa: E731
+            return r(x), r(g), r(h)
+        if base == "weight":
+            return (self.weight_x(name, consumer),
+                    self.weight_g(name, 0, consumer) if name in self.sig.weight_grad else None,
+                    self.weight_g(name, 1, consumer) if name in self.sig.weight_grad else None)
+        bn = self.model.get_submodule(self.st.layers[name].bn)
+        gg, gb, hg, hb = self.sig.bn[name]
+        p, g, h = (bn.weight, gg, hg) if base == "bn_weight" else (bn.bias, gb, hb)
+        if p is None:
+            raise PrunetaxError(f"BatchNorm '{self.st.layers[name].bn}' has no affine {base[3:]}")
+        r = lambda t: None if t is None else t.reshape(self.K, self.B, -1, 1)  # noqa: E731
+        return p.detach().reshape(1, 1, -1, 1), r(g), r(h)
+
+
+def _to_input_major(t: torch.Tensor, G: int) -> torch.Tensor:
+    """[..., O, I/G, k] -> [..., I, (O/G)*k]: the slice each input channel feeds, per group."""
+    *lead, O, Ig, k = t.shape
+    t = t.reshape(*lead, G, O // G, Ig, k).transpose(-3, -2)      # [..., G, I/G, O/G, k]
+    return t.reshape(*lead, G * Ig, (O // G) * k)
+
+
+def channel_saliency(ctx: Accumulator, spec: MetricSpec) -> dict[str, torch.Tensor]:
+    """S(l, c) for every producer l: float64 [K, C_l]; +inf for removed channels."""
+    st, K, U = ctx.st, ctx.K, ctx.U
+    producers = st.producers
+    s = {p: ctx.reduced(p, spec, False) for p in producers}
+    n = {p: ctx.counts(p, spec.base_input, False) for p in producers} if spec.scaling == "elements" else None
+    if spec.structure == "channel":
+        D, E = s, n
+    else:
+        dev = ctx.active.device
+        tot = torch.zeros(K, U + 1, dtype=torch.float64, device=dev)
+        cnt = torch.zeros(K, U + 1, dtype=torch.float64, device=dev) if n is not None else None
+        for p in producers:
+            u = (st.layers[p].out_units % (U + 1)).to(dev)
+            tot.index_add_(1, u, s[p])
+            if cnt is not None:
+                cnt.index_add_(1, u, n[p])
+        if spec.structure == "domino_io":
+            for name, L in st.layers.items():
+                if L.kind != "conv" or not bool((L.in_units >= 0).any()):
+                    continue
+                u = (L.in_units % (U + 1)).to(dev)
+                tot.index_add_(1, u, ctx.reduced(name, spec, True))
+                if cnt is not None:
+                    cnt.index_add_(1, u, ctx.counts(name, spec.base_input, True))
+        tot[:, U] = 0
+        D = {p: tot[:, st.layers[p].out_units % (U + 1)] for p in producers}
+        E = {p: cnt[:, st.layers[p].out_units % (U + 1)] for p in producers} if cnt is not None else None
+    out = {}
+    wr = ctx.weights_removed() if spec.scaling == "weights_removed" else None
+    for p in producers:
+        L = st.layers[p]
+        kept = ctx.act_of(L.out_units) > 0
+        d = D[p]
+        if spec.scaling == "none":
+            div = torch.ones_like(d)
+        elif spec.scaling == "elements":
+            div = E[p]
+        elif spec.scaling == "layer_l1":
+            div = torch.where(kept, d.abs(), 0).sum(1, keepdim=True).expand_as(d)
+        elif spec.scaling == "layer_l2":
+            div = torch.where(kept, d * d, 0).sum(1, keepdim=True).sqrt().expand_as(d)
+        elif spec.scaling == "weights_removed":
+            div = wr[:, L.out_units % (U + 1)]
+        else:
+            raise PrunetaxError(f"no engine support for scaling {spec.scaling!r}")
+        div = torch.where(div == 0, torch.ones_like(div), div)
+        v = d / div
+        out[p] = torch.where(kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
+    return out
+
+
+def unit_saliency(structure, channel_values: dict[str, torch.Tensor], K: int) -> torch.Tensor:
+    """A unit is as weak as its weakest member: min over members, [K, U]; +inf where none."""
+    U = structure.num_units
+    dev = next(iter(channel_values.values())).device
+    out = torch.full((K, U + 1), float("inf"), dtype=torch.float64, device=dev)
+    for p, v in channel_values.items():
+        u = (structure.layers[p].out_units % (U + 1)).to(dev)
+        out.scatter_reduce_(1, u.expand(K, -1), v, reduce="amin", include_self=True)
+    return out[:, :U]
+
+
+def finalize(acc: Accumulator) -> dict:
+    """metric -> {producer -> S(l, c), float64 [K, C]}, NaN and removed channels as +inf."""
+    st = acc.st
+    leaves = {s: channel_saliency(acc, s) for s in acc.specs}
+    out = {}
+    for m in acc.metrics:
+        if isinstance(m, MetricSpec):
+            out[m] = leaves[m]
+            continue
+        vals = {}
+        for p in st.producers:
+            v = m.evaluate({s: leaves[s][p] for s in m.specs})
+            kept = acc.act_of(st.layers[p].out_units) > 0
+            vals[p] = torch.where(kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
+        out[m] = vals
+    return out
+
+
+def nonfinite_count(values: dict[str, torch.Tensor], acc: Accumulator) -> torch.Tensor:
+    """Kept channels whose saliency is not finite (NaN became +inf), per trajectory [K]."""
+    total = torch.zeros(acc.K, dtype=torch.long, device=acc.keep.device)
+    for p, v in values.items():
+        kept = acc.act_of(acc.st.layers[p].out_units) > 0
+        total += (kept & ~torch.isfinite(v)).sum(1)
+    return total

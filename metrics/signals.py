@@ -1,0 +1,175 @@
+"""Signals: everything one forward/backward pass provides, read at the mask points.
+
+``collect`` runs the masked network once over ``K*B`` images (K trajectories, each with its own
+keep mask) with each image's loss its own (cross-entropy summed over the batch), and returns,
+for every layer the requested metrics touch: mask-point activations and their gradients, layer
+inputs and their gradients, per-image weight gradients (from the layer input and the gradient
+of its output, never N copies of the whole network at once), BatchNorm statistics, and the LM
+curvature at the same places when a ``hessian_lm`` metric needs it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from metrics.curvature import lm_curvature
+
+
+@dataclass
+class Needs:
+    """What the requested metrics read. Sets of layer names."""
+    act: set = field(default_factory=set)        # producer mask-point activations
+    act_in: set = field(default_factory=set)     # consumer input activations
+    weight: set = field(default_factory=set)     # per-image weight gradients of these layers
+    bn: set = field(default_factory=set)         # producers whose BatchNorm parameters are read
+    grad: bool = False
+    lm: bool = False
+
+
+@dataclass
+class Signals:
+    act: dict = field(default_factory=dict)       # name -> (x [N,C,E], g, h)
+    act_in: dict = field(default_factory=dict)    # name -> (x [N,C_in,E], g, h)
+    weight_grad: dict = field(default_factory=dict)  # name -> (g [N,C_out,E_w], g_bias [N,C_out] | None, h, h_bias)
+    bn: dict = field(default_factory=dict)        # producer -> (g_gamma [N,C], g_beta, h_gamma, h_beta)
+
+
+def _flat(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
+    return None if t is None else t.reshape(t.shape[0], channels, -1)
+
+
+def collect(masked, x: torch.Tensor, y: torch.Tensor, needs: Needs) -> Signals:
+    st = masked.structure
+    gm = masked.graph_module
+    out = Signals()
+    want_grad = needs.grad or bool(needs.weight)
+    layer_io: dict[str, list] = {}
+    bn_io: dict[str, list] = {}
+    hooks = []
+    weight_layers = set(needs.weight)
+    bn_layers = {st.layers[n].bn: n for n in needs.bn}
+    for name in weight_layers:
+        def keep_output(module, inputs, output, name=name):
+            layer_io[name] = [output]
+        hooks.append(gm.get_submodule(name).register_forward_hook(keep_output))
+    for bn_name, producer in bn_layers.items():
+        def keep_bn(module, inputs, output, producer=producer):
+            bn_io[producer] = [inputs[0], output]
+        hooks.append(gm.get_submodule(bn_name).register_forward_hook(keep_bn))
+    masked.record = True
+    try:
+        with torch.enable_grad():
+            xin = x.detach().requires_grad_(want_grad)
+            logits = masked(xin)
+            taps, inputs = dict(masked.taps), dict(masked.inputs)
+            targets: list[torch.Tensor] = []
+            index: dict[tuple, int] = {}
+
+            def want(key, tensor):
+                index[key] = len(targets)
+                targets.append(tensor)
+            if want_grad:
+                for name in needs.act:
+                    want(("act", name), taps[name])
+                for name in needs.act_in | weight_layers:
+                    want(("in", name), inputs[name])
+                for name in weight_layers:
+                    want(("out", name), layer_io[name][0])
+                for producer in bn_io:
+                    want(("bn", producer), bn_io[producer][1])
+                loss = F.cross_entropy(logits, y, reduction="sum")
+                grads = torch.autograd.grad(loss, targets, allow_unused=True) if targets else []
+            else:
+                grads = []
+    finally:
+        masked.record = False
+        for h in hooks:
+            h.remove()
+
+    def grad_of(key):
+        if key not in index:
+            return None
+        g = grads[index[key]]
+        return torch.zeros_like(targets[index[key]]) if g is None else g.detach()
+
+    curv: dict[str, torch.Tensor] = {}
+    if needs.lm:
+        curv = _curvature(masked, x, needs, weight_layers, bn_layers)
+
+    for name in needs.act:
+        C = st.layers[name].out_channels
+        out.act[name] = (_flat(taps[name].detach(), C), _flat(grad_of(("act", name)), C),
+                         _flat(curv.get(("act", name)), C))
+    for name in needs.act_in:
+        C = st.layers[name].in_channels
+        out.act_in[name] = (_flat(inputs[name].detach(), C), _flat(grad_of(("in", name)), C),
+                            _flat(curv.get(("in", name)), C))
+    for name in weight_layers:
+        out.weight_grad[name] = _weight_grads(gm.get_submodule(name), st.layers[name], inputs[name].detach(),
+                                              grad_of(("out", name)), curv.get(("out", name)))
+    for producer, (bn_in, bn_out) in bn_io.items():
+        out.bn[producer] = _bn_grads(gm.get_submodule(st.layers[producer].bn), bn_in.detach(),
+                                     grad_of(("bn", producer)), curv.get(("bn", producer)))
+    return out
+
+
+def _curvature(masked, x, needs, weight_layers, bn_layers) -> dict:
+    gm = masked.graph_module
+    st = masked.structure
+    by_target = {n.target: n.name for n in gm.graph.nodes if n.op == "call_module"}
+    mask_node = {m.tap: by_target[t] for t, m in gm.named_children()
+                 if type(m).__name__ == "_Mask" and getattr(m, "tap", None)}
+    input_node = {m.layer: by_target[t] for t, m in gm.named_children() if type(m).__name__ == "_Input"}
+    wanted: dict[tuple, str] = {}
+    for name in needs.act:
+        wanted[("act", name)] = mask_node[name]
+    for name in needs.act_in:
+        wanted[("in", name)] = input_node[name]
+    for name in weight_layers:
+        wanted[("out", name)] = by_target[name]
+    for bn_name, producer in bn_layers.items():
+        wanted[("bn", producer)] = by_target[bn_name]
+    h = lm_curvature(gm, x.detach(), sorted(set(wanted.values())))
+    return {key: h[node] for key, node in wanted.items()}
+
+
+def _weight_grads(module, L, x_in, g_out, h_out):
+    """Per-image gradients (and LM curvature) of a layer's weights, [N, C_out, C_in/groups*k]."""
+    N = x_in.shape[0]
+    if L.kind == "linear":
+        xf = x_in.reshape(N, -1)
+        g = g_out[:, :, None] * xf[:, None, :]
+        gb = g_out if module.bias is not None else None
+        h = hb = None
+        if h_out is not None:
+            h = h_out[:, :, None] * (xf * xf)[:, None, :]
+            hb = h_out if module.bias is not None else None
+        return g, gb, h, hb
+    unfold = F.unfold(x_in, module.kernel_size, module.dilation, module.padding, module.stride)
+    G, S = L.groups, unfold.shape[-1]
+    u = unfold.view(N, G, -1, S)
+    go = g_out.reshape(N, G, -1, S)
+    g = torch.einsum("ngos,nges->ngoe", go, u).reshape(N, L.out_channels, -1)
+    gb = go.sum(-1).reshape(N, -1) if module.bias is not None else None
+    h = hb = None
+    if h_out is not None:
+        ho = h_out.reshape(N, G, -1, S)
+        h = torch.einsum("ngos,nges->ngoe", ho, u * u).reshape(N, L.out_channels, -1)
+        hb = ho.sum(-1).reshape(N, -1) if module.bias is not None else None
+    return g, gb, h, hb
+
+
+def _bn_grads(bn, bn_in, g_out, h_out):
+    """Per-image dL/dgamma, dL/dbeta (and LM curvature) of an eval-mode BatchNorm, [N, C]."""
+    shape = [1, -1] + [1] * (bn_in.dim() - 2)
+    xhat = (bn_in - bn.running_mean.view(shape)) * torch.rsqrt(bn.running_var.view(shape) + bn.eps)
+    N, C = bn_in.shape[:2]
+    xhat, g_out = xhat.reshape(N, C, -1), g_out.reshape(N, C, -1)
+    g_gamma, g_beta = (g_out * xhat).sum(-1), g_out.sum(-1)
+    h_gamma = h_beta = None
+    if h_out is not None:
+        h_out = h_out.reshape(N, C, -1)
+        h_gamma, h_beta = (h_out * xhat * xhat).sum(-1), h_out.sum(-1)
+    return g_gamma, g_beta, h_gamma, h_beta
