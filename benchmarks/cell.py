@@ -1,0 +1,110 @@
+"""The unit of work of a grid: one (network, dataset, seed, metric set, protocol) cell.
+
+``Protocol`` holds every option of the pruning protocol with the authors' defaults
+(PROTOCOL.md); ``Cell`` names one cell and hashes to its id; ``CellResult`` is what
+``benchmarks.protocol.run_cell`` returns: one row per metric and the trajectories.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from taxonomy.errors import PrunetaxError
+
+SCHEMA_VERSION = "1"
+
+SCHEDULES = ("fast", "exact")
+MODES = ("none", "characterise", "retrain")
+REFERENCES = ("random", "oracle")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The pruning protocol. Defaults are the authors' (PROTOCOL.md) except where docs/protocol.md says."""
+    threshold: float = 5.0            # accuracy drop at which the rate is read
+    relative: bool = False            # threshold in % of the baseline accuracy instead of points
+    units_per_step: int = 1
+    schedule: str = "fast"            # "exact": test accuracy after every step; "fast": coarse, then refine
+    eval_every: int = 0               # fast schedule's coarse stride in steps; 0 = automatic
+    saliency_batches: int = 2         # batches of eval images per step, reshuffled every step
+    batch_size: int = 128
+    one_shot: bool = False            # rank once on the baseline, never recompute (GFBS style)
+    mode: str = "none"                # "characterise" / "retrain": SGD steps after each pruning step
+    retrain_steps: int = 0            # SGD steps after each pruning step in retrain mode
+    retrain_lr: float = 0.001
+    test_images: int = 0              # 0 = the full test set; fewer for quick runs and tests
+    max_trajectories: int = 0         # trajectories per batched pass (memory bound); 0 = automatic
+    oracle_candidates: int = 0        # oracle candidates per step; 0 = every unit when <= 256, else 256
+
+    def __post_init__(self):
+        if not (0 < self.threshold < 100):
+            raise PrunetaxError(f"threshold {self.threshold} is out of range; give a drop in (0, 100)")
+        if self.schedule not in SCHEDULES:
+            raise PrunetaxError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.mode not in MODES:
+            raise PrunetaxError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        for name in ("units_per_step", "saliency_batches", "batch_size"):
+            if getattr(self, name) < 1:
+                raise PrunetaxError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "retrain_steps", "test_images", "max_trajectories", "oracle_candidates"):
+            if getattr(self, name) < 0:
+                raise PrunetaxError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Protocol":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PrunetaxError(f"unknown protocol option {unknown[0]!r}; choose from {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: the baseline (network, dataset, seed, training epochs/limit) and what runs on it."""
+    network: str
+    dataset: str
+    seed: int
+    metrics: tuple[str, ...]                  # canonical ids, named metrics, expressions, "random", "oracle"
+    protocol: Protocol = field(default_factory=Protocol)
+    epochs: int | None = None                 # None: the model's recipe
+    train_limit: int | None = None            # train on the first N images only (quick runs, tests)
+
+    def to_dict(self) -> dict:
+        return {"network": self.network, "dataset": self.dataset, "seed": self.seed,
+                "metrics": list(self.metrics), "protocol": self.protocol.to_dict(),
+                "epochs": self.epochs, "train_limit": self.train_limit}
+
+    @property
+    def id(self) -> str:
+        """Stable id: network, dataset, seed and a hash of everything else."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return f"{self.network}_{self.dataset}_s{self.seed}_{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+# One row per metric of a cell (the leaderboard dataset).
+ROW_COLUMNS = (
+    "cell_id", "metric_id", "kind", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation",
+    "network", "dataset", "seed", "threshold", "threshold_mode", "baseline_accuracy",
+    "conv_weights_removed_pct", "channels_removed_pct", "macs_removed_pct", "steps", "crossed",
+    "final_accuracy", "ran_as", "schedule", "mode", "protocol", "prunetax_version", "torch_version", "device",
+    "wall_seconds",
+)
+# One row per evaluated step of each metric (the trajectories dataset).
+TRAJECTORY_COLUMNS = (
+    "cell_id", "metric_id", "network", "dataset", "seed", "step", "unit",
+    "conv_weights_removed_pct", "channels_removed_pct", "macs_removed_pct", "accuracy",
+)
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    rows: list[dict]            # keys: ROW_COLUMNS
+    trajectories: list[dict]    # keys: TRAJECTORY_COLUMNS; accuracy None on steps not evaluated
+    wall_seconds: float
