@@ -1,0 +1,210 @@
+"""Results datasets: one Parquet file per cell in two hive-partitioned datasets, and leaderboards.
+
+Layout (docs/results.md)::
+
+    RESULTS/scores/network=<n>/dataset=<d>/<cell>.parquet        one row per metric
+    RESULTS/trajectories/network=<n>/dataset=<d>/<cell>.parquet  one row per step of each metric
+
+``network`` and ``dataset`` live in the folder names only (hive partitions), so pyarrow, pandas,
+polars and DuckDB read either folder as one table with those columns added. Each file is written
+under a temporary name starting with '.' (which every Parquet dataset reader skips) and renamed;
+the trajectories file is written first and the scores file last, so a cell is complete iff its
+scores file exists.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+
+from benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult
+from taxonomy.errors import PrunetaxError
+
+__all__ = ["SCORES_SCHEMA", "TRAJECTORIES_SCHEMA", "write_cell_result", "read_scores", "read_trajectories",
+           "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS"]
+
+PARTITIONS = ("network", "dataset")
+_STR, _INT, _FLT, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+_ROW_TYPES = {
+    "cell_id": _STR, "metric_id": _STR, "kind": _STR, "base_input": _STR, "pointwise": _STR, "reduction": _STR,
+    "scaling": _STR, "structure": _STR, "aggregation": _STR, "network": _STR, "dataset": _STR, "seed": _INT,
+    "threshold": _FLT, "threshold_mode": _STR, "baseline_accuracy": _FLT, "conv_weights_removed_pct": _FLT,
+    "channels_removed_pct": _FLT, "macs_removed_pct": _FLT, "steps": _INT, "crossed": _BOOL,
+    "final_accuracy": _FLT, "ran_as": _STR, "schedule": _STR, "mode": _STR, "protocol": _STR,
+    "prunetax_version": _STR, "torch_version": _STR, "device": _STR, "wall_seconds": _FLT,
+}
+_TRAJ_TYPES = {
+    "cell_id": _STR, "metric_id": _STR, "network": _STR, "dataset": _STR, "seed": _INT, "step": _INT,
+    "unit": _INT, "conv_weights_removed_pct": _FLT, "channels_removed_pct": _FLT, "macs_removed_pct": _FLT,
+    "accuracy": _FLT,
+}
+assert set(_ROW_TYPES) == set(ROW_COLUMNS) and set(_TRAJ_TYPES) == set(TRAJECTORY_COLUMNS)
+
+# Full schemas of the datasets as read back (partition columns included, in the cell.py order).
+SCORES_SCHEMA = pa.schema([(c, _ROW_TYPES[c]) for c in ROW_COLUMNS])
+TRAJECTORIES_SCHEMA = pa.schema([(c, _TRAJ_TYPES[c]) for c in TRAJECTORY_COLUMNS])
+# Schemas of the files themselves: the partition columns live in the folder names.
+_FILE_SCORES = pa.schema([f for f in SCORES_SCHEMA if f.name not in PARTITIONS])
+_FILE_TRAJ = pa.schema([f for f in TRAJECTORIES_SCHEMA if f.name not in PARTITIONS])
+_PARTITION_SCHEMA = pa.schema([(p, _STR) for p in PARTITIONS])
+
+
+def _segment(value: str) -> str:
+    return urllib.parse.quote(str(value), safe="")  # hive readers decode URI escapes (pyarrow's default)
+
+
+def _file_name(cell_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "-", cell_id).lstrip(".") + ".parquet"
+
+
+def cell_path(root, cell: Cell, which: str = "scores") -> Path:
+    """Where ``cell``'s ``scores`` or ``trajectories`` file lives under ``root``."""
+    if which not in ("scores", "trajectories"):
+        raise PrunetaxError(f"unknown results dataset {which!r}; choose scores or trajectories")
+    return (Path(root) / which / f"network={_segment(cell.network)}" / f"dataset={_segment(cell.dataset)}"
+            / _file_name(cell.id))
+
+
+def cell_done(root, cell: Cell) -> bool:
+    """True when ``cell``'s scores file (written last) exists under ``root``."""
+    return cell_path(root, cell, "scores").is_file()
+
+
+def _table(records: Sequence[dict], schema: pa.Schema, cell: Cell, what: str) -> pa.Table:
+    cols = {}
+    for f in schema:
+        try:
+            cols[f.name] = pa.array([_clean(r.get(f.name)) for r in records], f.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise PrunetaxError(f"cell {cell.id}: {what} column {f.name!r} does not fit {f.type}: {exc}") from None
+    meta = {"prunetax_schema_version": SCHEMA_VERSION, "prunetax_cell": json.dumps(cell.to_dict(), sort_keys=True)}
+    return pa.table(cols, schema=schema.with_metadata(meta))
+
+
+def _clean(v):
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy / torch scalars
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def write_cell_result(root, result: CellResult) -> tuple[Path, Path]:
+    """Write ``result`` atomically: trajectories first, scores last. Returns both paths."""
+    import pyarrow.parquet as pq
+
+    from benchmarks.io import atomic_path
+
+    cell = result.cell
+    for r in list(result.rows) + list(result.trajectories):
+        for key, want in (("network", cell.network), ("dataset", cell.dataset)):
+            if r.get(key, want) != want:
+                raise PrunetaxError(f"cell {cell.id}: a row has {key}={r.get(key)!r}, the cell {want!r}")
+    traj = _table(result.trajectories, _FILE_TRAJ, cell, "trajectory")
+    scores = _table(result.rows, _FILE_SCORES, cell, "score")
+    paths = cell_path(root, cell, "trajectories"), cell_path(root, cell, "scores")
+    for table, path in zip((traj, scores), paths):
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+    return paths
+
+
+def _read(root, which: str, schema: pa.Schema, file_schema: pa.Schema) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    folder = Path(root) / which
+    if not folder.is_dir() and Path(root).exists() and not Path(root).is_dir():
+        raise PrunetaxError(f"results folder {str(root)!r} is a file; give the folder bench wrote")
+    if not folder.is_dir():
+        if not Path(root).is_dir():
+            raise PrunetaxError(f"results folder {str(root)!r} does not exist")
+        return schema.empty_table()
+    part = ds.partitioning(_PARTITION_SCHEMA, flavor="hive")
+    full = pa.schema(list(file_schema) + list(_PARTITION_SCHEMA))
+    try:
+        table = ds.dataset(folder, format="parquet", partitioning=part, schema=full).to_table()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise PrunetaxError(f"cannot read {folder}: {str(exc).splitlines()[0]}") from None
+    return table.select(schema.names).cast(schema)
+
+
+def read_scores(root) -> pa.Table:
+    """Every complete cell's rows under ``root`` (columns ``benchmarks.cell.ROW_COLUMNS``)."""
+    return _read(root, "scores", SCORES_SCHEMA, _FILE_SCORES)
+
+
+def read_trajectories(root) -> pa.Table:
+    """Every written trajectory row under ``root`` (columns ``benchmarks.cell.TRAJECTORY_COLUMNS``)."""
+    return _read(root, "trajectories", TRAJECTORIES_SCHEMA, _FILE_TRAJ)
+
+
+LEADERBOARD_COLUMNS = ("rank", "metric_id", "kind", "base_input", "pointwise", "reduction", "scaling",
+                       "structure", "aggregation", "mean", "std", "pm2sigma", "n_seeds", "n_runs",
+                       "gap_to_oracle", "baseline_accuracy", "threshold", "threshold_mode", "protocol")
+_DESCRIPTIVE = ("kind", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
+
+
+def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: int | None = None) -> pa.Table:
+    """Metrics ranked by mean % of conv weights removed at the threshold, per group of ``by``.
+
+    Rows are grouped by ``by`` + protocol + metric_id (runs under different protocols never mix).
+    ``mean`` / ``std`` (sample, 0 for one run) / ``pm2sigma`` (2*std) are over the runs (seeds) of
+    a metric; ``gap_to_oracle`` is the mean of the ``oracle`` metric in the same group minus this
+    metric's mean (null when no oracle ran). ``top`` keeps the best N of each group.
+    """
+    import numpy as np
+
+    by = tuple(by)
+    bad = [b for b in by if b not in SCORES_SCHEMA.names or b in ("metric_id", "conv_weights_removed_pct")]
+    if bad:
+        raise PrunetaxError(f"cannot group by {bad[0]!r}; choose from "
+                            f"{', '.join(n for n in SCORES_SCHEMA.names if n not in ('metric_id',))}")
+    if top is not None and top < 1:
+        raise PrunetaxError(f"top must be a positive integer, got {top}")
+    rows = read_scores(results_dir).to_pylist()
+    unique: dict[tuple, dict] = {}
+    for r in rows:  # one row per (cell_id, metric_id), whatever copies a reader may meet
+        unique.setdefault((r["cell_id"], r["metric_id"]), r)
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in unique.values():
+        key = tuple(r[b] for b in by) + (r["protocol"],)
+        groups.setdefault(key, {}).setdefault(r["metric_id"], []).append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+        stats = []
+        for metric, runs in groups[key].items():
+            vals = np.array([r["conv_weights_removed_pct"] for r in runs
+                             if r["conv_weights_removed_pct"] is not None], dtype=np.float64)
+            mean = float(vals.mean()) if len(vals) else None
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else None)
+            first = runs[0]
+            stats.append({
+                **{b: v for b, v in zip(by, key)}, "metric_id": metric,
+                **{c: first[c] for c in _DESCRIPTIVE},
+                "mean": mean, "std": std, "pm2sigma": None if std is None else 2.0 * std,
+                "n_seeds": len({r["seed"] for r in runs if r["conv_weights_removed_pct"] is not None}),
+                "n_runs": len(vals),
+                "baseline_accuracy": float(np.mean([r["baseline_accuracy"] for r in runs
+                                                    if r["baseline_accuracy"] is not None] or [np.nan])),
+                "threshold": first["threshold"], "threshold_mode": first["threshold_mode"],
+                "protocol": first["protocol"]})
+        oracle = next((s["mean"] for s in stats if s["metric_id"] == "oracle"), None)
+        for s in stats:
+            s["gap_to_oracle"] = None if oracle is None or s["mean"] is None else oracle - s["mean"]
+            if s["baseline_accuracy"] is not None and math.isnan(s["baseline_accuracy"]):
+                s["baseline_accuracy"] = None
+        stats.sort(key=lambda s: (s["mean"] is None, -(s["mean"] or 0.0), s["metric_id"]))
+        for i, s in enumerate(stats[:top] if top else stats, 1):
+            s["rank"] = i
+            out.append(s)
+    types = {"rank": _INT, "mean": _FLT, "std": _FLT, "pm2sigma": _FLT, "n_seeds": _INT, "n_runs": _INT,
+             "gap_to_oracle": _FLT}
+    schema = pa.schema([(b, SCORES_SCHEMA.field(b).type) for b in by] +
+                       [(c, types.get(c) or SCORES_SCHEMA.field(c).type) for c in LEADERBOARD_COLUMNS])
+    return pa.Table.from_pylist(out, schema=schema)
