@@ -1,0 +1,93 @@
+"""prunetax bench: run a grid of cells (from a TOML file and/or flags) and print the leaderboard's top."""
+from __future__ import annotations
+
+import sys
+
+HELP = "run a grid (networks x datasets x seeds, all metrics per cell) and write Parquet results; resumes"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    from taxonomy.errors import PrunetaxError
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise PrunetaxError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(p) -> None:
+    p.add_argument("grid", nargs="?", metavar="GRID.toml", help="grid file (docs/results.md); flags override it")
+    p.add_argument("--networks", metavar="A,B", help="zoo model names")
+    p.add_argument("--datasets", metavar="A,B", help="data set names")
+    p.add_argument("--metrics", metavar="M,..",
+                   help="presets (paper, domino, extended), ids, named metrics, expressions, random, oracle")
+    p.add_argument("--metric-filter", metavar="GLOB", help="glob on the presets' metric ids")
+    p.add_argument("--seeds", metavar="0,1", help="training seeds (default 0)")
+    p.add_argument("--threshold", type=float, help="accuracy drop at which the rate is read (default 5.0)")
+    p.add_argument("--relative", action="store_true", default=None, help="threshold in %% of the baseline accuracy")
+    p.add_argument("--schedule", choices=("fast", "exact"), help="accuracy schedule (default fast)")
+    p.add_argument("--one-shot", action="store_true", default=None, help="rank once on the baseline")
+    p.add_argument("--mode", choices=("none", "characterise", "retrain"), help="SGD after each step (default none)")
+    p.add_argument("--test-images", type=int, help="test images for accuracy (default: all)")
+    p.add_argument("--epochs", type=int, help="baseline training epochs (default: the model's recipe)")
+    p.add_argument("--train-limit", type=int, help="train baselines on the first N images only (quick runs)")
+    p.add_argument("--backend", default="loky", choices=("loky", "dask", "ray"), help="joblib backend (default loky)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel cells (default 1; -1 = all)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler or ray address to join")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--results", default="results", metavar="DIR", help="results root (default ./results)")
+    p.add_argument("--cache-dir", default=None, help="baseline cache (default $PRUNETAX_CACHE or ~/.cache/prunetax)")
+    p.add_argument("--data-root", default=None, help="folder holding the data sets' files")
+    p.add_argument("--top", type=int, default=5, help="leaderboard rows to print per group (default 5; 0 = none)")
+
+
+def build_config(args) -> tuple[dict, str]:
+    """The grid config: the TOML file's, then the flags on top. Returns (config, source name)."""
+    from benchmarks.grid import load_grid_file
+
+    config = load_grid_file(args.grid) if args.grid else {}
+    source = args.grid or "flags"
+    for flag, key, conv in (("networks", "networks", _csv), ("datasets", "datasets", _csv),
+                            ("metrics", "metrics", _csv), ("seeds", "seeds", _ints),
+                            ("metric_filter", "metric_filter", str), ("epochs", "epochs", int),
+                            ("train_limit", "train_limit", int)):
+        value = getattr(args, flag)
+        if value is not None:
+            config[key] = conv(value)
+    protocol = dict(config.get("protocol") or {}) if isinstance(config.get("protocol", {}), dict) else config["protocol"]
+    for flag in ("threshold", "relative", "schedule", "one_shot", "mode", "test_images"):
+        value = getattr(args, flag)
+        if value is not None and isinstance(protocol, dict):
+            protocol[flag] = value
+    config["protocol"] = protocol
+    if "networks" not in config or "datasets" not in config:
+        from taxonomy.errors import PrunetaxError
+        raise PrunetaxError("give --networks and --datasets (or a GRID.toml with networks and datasets)")
+    return config, source
+
+
+def run(args) -> int:
+    from benchmarks.grid import grid_cells, run_grid
+    from benchmarks.io import format_table
+    from benchmarks.results import leaderboard
+
+    config, source = build_config(args)
+    cells = grid_cells(config, source)  # everything validated before anything is written
+    summary = run_grid(cells, args.results, backend=args.backend, n_jobs=args.jobs, device=args.device,
+                       scheduler=args.scheduler, cache_dir=args.cache_dir, data_root=args.data_root,
+                       progress=sys.stderr.isatty())
+    n_metrics = len(cells[0].metrics)
+    print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
+          f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")
+    if args.top > 0:
+        board = leaderboard(args.results, top=args.top).to_pylist()
+        cols = ["network", "dataset", "rank", "metric_id", "mean", "pm2sigma", "n_seeds", "gap_to_oracle"]
+        print(format_table([{c: _fmt(r[c]) for c in cols} for r in board], cols), end="")
+    return 0
+
+
+def _fmt(v):
+    return f"{v:.2f}" if isinstance(v, float) else v
