@@ -238,7 +238,10 @@ def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: in
         return None  # missing or unreadable: not cached
     from benchmarks.models import create_model
     model = create_model(model_name, info["in_channels"], info["num_classes"], info["input_size"])
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        return None  # the model's definition changed under the same version: retrain over it
     dev = resolve_device(device)
     info.update(cached=True, path=str(entry / "model.pt"))
     return model.to(dev).eval(), info
