@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from metrics.kernels import NEEDS, kernel
+from metrics.kernels import NEEDS, STAT_OF, fast_pointwise, fast_reduction, from_stat, kernel, pointwise_stats
 from metrics.signals import Needs, Signals, collect
 from taxonomy.errors import PrunetaxError
 from taxonomy.expr import MetricExpr, parse_metric
 from taxonomy.spec import MetricSpec
 
 _BN = ("bn_weight", "bn_bias")
+# per-image weight gradients are formed for this many bytes of one layer at a time (per tensor)
+WEIGHT_CHUNK_BYTES = 16 * 2**20
 
 
 def as_metrics(specs) -> list[MetricSpec | MetricExpr]:
@@ -87,6 +89,9 @@ class Accumulator:
         self.sig: Signals | None = None
         self.B = 0
         self._sites = self._site_keys()
+        self._fast = None
+        self._index: dict = {}
+        self.chunk_bytes = WEIGHT_CHUNK_BYTES
 
     def _site_keys(self) -> dict:
         """(name, base, pointwise, aggregation, consumer) -> reductions needed, for every spec."""
@@ -106,11 +111,15 @@ class Accumulator:
         self.sig, self.B = sig, images_per_trajectory
         elements: dict = {}
         for (name, base, pw, agg, consumer), reductions in self._sites.items():
+            if base == "activation":
+                x = (self.sig.act_in if consumer else self.sig.act)[name][0]
+                self.spatial[(name, consumer)] = x.shape[-1]
+            fast = agg == "per_image" and fast_pointwise(pw) and all(fast_reduction(r) for r in reductions)
+            if fast:
+                continue   # below, shared with the other sites of the same elements
             if (name, base, consumer) not in elements:
                 elements[(name, base, consumer)] = self.elements(name, base, consumer)
             x, g, h = elements[(name, base, consumer)]
-            if base == "activation":
-                self.spatial[(name, consumer)] = x.shape[-1]
             f = kernel("pointwise", pw)(x, g, h)              # [K, B or 1, C, E]
             if agg == "batch":
                 total = f.sum(1) if f.shape[1] == self.B else f[:, 0] * self.B
@@ -120,8 +129,134 @@ class Accumulator:
                     r = kernel("reduction", red)(f).to(torch.float64)
                     total = r.sum(1) if r.shape[1] == self.B else r[:, 0] * self.B
                     self._accumulate((name, base, pw, agg, consumer, red), total)
+        del elements
+        for (name, base), roles in self._fast_groups().items():
+            if base == "weight":
+                stats = self._weight_stats(name, roles)
+            else:
+                stats = self._element_stats(name, base, roles)
+            for consumer, want in roles.items():
+                for pw, reductions in want.items():
+                    for red in reductions:
+                        r = from_stat(red, stats[consumer][(pw, STAT_OF[red])]).to(torch.float64)
+                        total = r.sum(1) if r.shape[1] == self.B else r[:, 0] * self.B
+                        self._accumulate((name, base, pw, "per_image", consumer, red), total)
         self.n += images_per_trajectory
         self.sig = None
+
+    def _fast_groups(self) -> dict:
+        """(name, base) -> {consumer: {pointwise: reductions}} of the sites on the shared path."""
+        if self._fast is None:
+            groups: dict = {}
+            for (name, base, pw, agg, consumer), reductions in self._sites.items():
+                if agg == "per_image" and fast_pointwise(pw) and all(fast_reduction(r) for r in reductions):
+                    groups.setdefault((name, base), {}).setdefault(consumer, {})[pw] = set(reductions)
+            self._fast = groups
+        return self._fast
+
+    @staticmethod
+    def _stat_sets(roles: dict) -> dict:
+        want: dict = {}
+        for per_pw in roles.values():
+            for pw, reductions in per_pw.items():
+                want.setdefault(pw, set()).update(STAT_OF[r] for r in reductions)
+        return want
+
+    def _element_stats(self, name: str, base: str, roles: dict) -> dict:
+        """consumer -> {(pointwise, statistic): [K, B or 1, C]} for activation and BatchNorm sites."""
+        out = {}
+        for consumer, per_pw in roles.items():
+            x, g, h = self.elements(name, base, consumer)
+            st = pointwise_stats(x, g, h, self._stat_sets({consumer: per_pw}), lambda t: (t.sum(-1),))
+            res = {}
+            for key, (r,) in st.items():
+                if r.shape[0] != self.K:
+                    r = r.expand(self.K, *r.shape[1:])
+                res[key] = r
+            out[consumer] = res
+        return out
+
+    def _weight_stats(self, name: str, roles: dict) -> dict:
+        """Weight statistics of a layer's rows (producer) and input slices (consumer) from one pass
+        over its per-image gradients, formed ``chunk`` images at a time; the bias is one more
+        element of each producer row. consumer -> {(pointwise, statistic): [K, B or 1, C]}."""
+        L = self.st.layers[name]
+        m = self.model.get_submodule(name)
+        G, O, I = L.groups, L.out_channels, L.in_channels
+        Ig = I // G
+        Wm = self.masked_weight(name)                                  # [K, O, I/G, k]
+        kk = Wm.shape[-1]
+        bias = m.bias.detach() if m.bias is not None else None
+        want = self._stat_sets(roles)
+        need_g = any("g" in NEEDS[pw] for pw in want)
+        need_h = any("h" in NEEDS[pw] for pw in want)
+        prod, cons = False in roles, True in roles
+        want_b = self._stat_sets({False: roles[False]}) if prod and bias is not None else {}
+
+        def reduce(t):                                                  # [..., O, I/G, k]
+            r1 = t.sum(-1)
+            out = ()
+            if prod:
+                out += (r1.sum(-1),)
+            if cons:
+                lead = r1.shape[:-2]
+                out += (r1.reshape(*lead, G, O // G, Ig).sum(-2).reshape(*lead, I),)
+            return out
+
+        def one(t):
+            return (t.sum(-1),)
+
+        roles_order = [c for c in (False, True) if c in roles]
+        const = {pw: sts for pw, sts in want.items() if not (NEEDS[pw] & {"g", "h"})}
+        varying = {k: v for k, v in want.items() if k not in const}
+        bufs: dict = {}
+
+        def store(kidx, rows, stats, bias_stats):
+            for key, rs in stats.items():
+                for role, r in zip(roles_order, rs):
+                    if role is False and bias_stats is not None and key in bias_stats:
+                        r = r + bias_stats[key][0]
+                    if (role, key) not in bufs:
+                        B = self.B if rows is not None else 1
+                        bufs[(role, key)] = r.new_empty(self.K, B, r.shape[-1])
+                    if rows is None:
+                        bufs[(role, key)][kidx, 0] = r
+                    else:
+                        bufs[(role, key)][kidx, rows] = r
+
+        for k in range(self.K):
+            x = Wm[k]
+            if const:
+                st = pointwise_stats(x, None, None, const, reduce)
+                bst = pointwise_stats(bias[:, None], None, None, {p: want_b[p] for p in const if p in want_b},
+                                      one) if want_b else None
+                store(k, None, st, bst)
+        if varying:
+            chunk = self.weight_chunk(O * Ig * kk * Wm.element_size())
+            grads = self.sig.weight_grad
+            for k in range(self.K):
+                x = Wm[k]
+                for b0 in range(0, self.B, chunk):
+                    b1 = min(self.B, b0 + chunk)
+                    g, gb, h, hb = grads.rows(name, slice(k * self.B + b0, k * self.B + b1), h=need_h)
+                    n = b1 - b0
+                    g = g.view(n, O, Ig, kk) if need_g else None
+                    h = h.view(n, O, Ig, kk) if h is not None else None
+                    st = pointwise_stats(x, g, h, varying, reduce)
+                    bst = None
+                    vb = {p: want_b[p] for p in varying if p in want_b}
+                    if vb:
+                        bst = pointwise_stats(bias[:, None], gb[..., None], None if hb is None else hb[..., None],
+                                              vb, one)
+                    store(k, slice(b0, b1), st, bst)
+        out: dict = {c: {} for c in roles_order}
+        for (role, key), buf in bufs.items():
+            out[role][key] = buf
+        return out
+
+    def weight_chunk(self, bytes_per_image: int) -> int:
+        """Images per chunk of per-image weight gradients: about ``chunk_bytes`` per tensor."""
+        return max(1, min(self.B, self.chunk_bytes // max(1, bytes_per_image)))
 
     def _accumulate(self, key, value) -> None:
         value = value.to(torch.float64) if key[3] != "batch" else value
@@ -144,19 +279,32 @@ class Accumulator:
             self.sums["weights_removed"] = torch.cat([wr, wr.new_ones(self.K, 1)], 1)
         return self.sums["weights_removed"]
 
+    def unit_index(self, units: torch.Tensor) -> torch.Tensor:
+        """``units`` as column indices into [K, U+1] (removed-layer id -1 -> the last column), cached."""
+        key = id(units)
+        if key not in self._index:
+            self._index[key] = (units, (units % (self.U + 1)).to(self.active.device))
+        return self._index[key][1]
+
     def act_of(self, units: torch.Tensor) -> torch.Tensor:
-        return self.active[:, (units % (self.U + 1)).to(self.active.device)]       # [K, C]
+        return self.active[:, self.unit_index(units)]       # [K, C]
+
+    def masked_weight(self, name: str) -> torch.Tensor:
+        """A layer's weights with removed inputs and outputs zeroed, [K, O, I/G, k]."""
+        L = self.st.layers[name]
+        W = self.model.get_submodule(name).weight.detach()
+        G, O, I = L.groups, L.out_channels, L.in_channels
+        W = W.reshape(O, I // G, -1)                       # [O, I/G, k]
+        a_in, a_out = self.act_of(L.in_units).to(W.dtype), self.act_of(L.out_units).to(W.dtype)
+        in_idx = (torch.arange(O, device=W.device) // (O // G))[:, None] * (I // G) + torch.arange(I // G, device=W.device)
+        return W[None] * a_in[:, in_idx][..., None] * a_out[:, :, None, None]
 
     def weight_x(self, name: str, consumer: bool) -> torch.Tensor:
         """Masked weights [K, 1, C, E]: producer rows (C = out) or consumer slices (C = in)."""
         L = self.st.layers[name]
         m = self.model.get_submodule(name)
-        W = m.weight.detach()
-        G, O, I = L.groups, L.out_channels, L.in_channels
-        W = W.reshape(O, I // G, -1)                       # [O, I/G, k]
-        a_in, a_out = self.act_of(L.in_units).to(W.dtype), self.act_of(L.out_units).to(W.dtype)
-        in_idx = (torch.arange(O, device=W.device) // (O // G))[:, None] * (I // G) + torch.arange(I // G, device=W.device)
-        Wm = W[None] * a_in[:, in_idx][..., None] * a_out[:, :, None, None]      # [K, O, I/G, k]
+        G, O = L.groups, L.out_channels
+        Wm = self.masked_weight(name)                      # [K, O, I/G, k]
         if not consumer:
             x = Wm.reshape(self.K, O, -1)
             if m.bias is not None:

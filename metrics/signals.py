@@ -9,6 +9,7 @@ curvature at the same places when a ``hessian_lm`` metric needs it.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -32,8 +33,40 @@ class Needs:
 class Signals:
     act: dict = field(default_factory=dict)       # name -> (x [N,C,E], g, h)
     act_in: dict = field(default_factory=dict)    # name -> (x [N,C_in,E], g, h)
-    weight_grad: dict = field(default_factory=dict)  # name -> (g [N,C_out,E_w], g_bias [N,C_out] | None, h, h_bias)
+    # name -> (module, layer, x_in, g_out, h_out): what per-image weight gradients are made of; the
+    # engine forms them in bounded chunks of images (``weight_grads(name, rows)``)
+    weight_io: dict = field(default_factory=dict)
+    weight_grad: "WeightGrads" = None  # name -> (g [N,C_out,E_w], g_bias [N,C_out] | None, h, h_bias), lazily
+
+    def __post_init__(self):
+        if self.weight_grad is None:
+            self.weight_grad = WeightGrads(self.weight_io)
     bn: dict = field(default_factory=dict)        # producer -> (g_gamma [N,C], g_beta, h_gamma, h_beta)
+
+
+class WeightGrads(Mapping):
+    """Per-image weight gradients (and LM curvature) of every layer, formed on access.
+
+    ``grads[name]`` materialises all N images of one layer; ``grads.rows(name, rows, h=...)`` a
+    slice of images, so that the engine never holds N copies of every weight at once.
+    """
+
+    def __init__(self, io: dict):
+        self.io = io
+
+    def __getitem__(self, name):
+        return self.rows(name, slice(None))
+
+    def rows(self, name, rows, h: bool = True):
+        module, L, x_in, g_out, h_out = self.io[name]
+        return _weight_grads(module, L, x_in[rows], g_out[rows],
+                             h_out[rows] if (h and h_out is not None) else None)
+
+    def __iter__(self):
+        return iter(self.io)
+
+    def __len__(self):
+        return len(self.io)
 
 
 def _flat(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
@@ -107,8 +140,8 @@ def collect(masked, x: torch.Tensor, y: torch.Tensor, needs: Needs) -> Signals:
         out.act_in[name] = (_flat(inputs[name].detach(), C), _flat(grad_of(("in", name)), C),
                             _flat(curv.get(("in", name)), C))
     for name in weight_layers:
-        out.weight_grad[name] = _weight_grads(gm.get_submodule(name), st.layers[name], inputs[name].detach(),
-                                              grad_of(("out", name)), curv.get(("out", name)))
+        out.weight_io[name] = (gm.get_submodule(name), st.layers[name], inputs[name].detach(),
+                               grad_of(("out", name)), curv.get(("out", name)))
     for producer, (bn_in, bn_out) in bn_io.items():
         out.bn[producer] = _bn_grads(gm.get_submodule(st.layers[producer].bn), bn_in.detach(),
                                      grad_of(("bn", producer)), curv.get(("bn", producer)))
