@@ -1,0 +1,399 @@
+"""The pruning protocol: K metrics prune one trained network at once, one unit per step.
+
+Every trajectory carries its own keep mask (a row of a ``[K, units]`` tensor). At each step the
+saliency images (``saliency_batches x batch_size`` eval images, reshuffled) go through the
+masked network once for all trajectories of a signal group, each trajectory's metric picks the
+argmin unit among the removable ones, and the test accuracy is measured on the schedule:
+``exact`` after every step; ``fast`` every ``eval_every`` steps, then every step inside the
+bracket where accuracy fell below the target. Without retraining the removal sequence does not
+depend on accuracy, so ``fast`` re-evaluates the bracket's masks in one batched pass.
+See docs/protocol.md.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch.nn import functional as F
+
+from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
+from metrics.engine import Accumulator, finalize, plan
+from metrics.signals import collect
+from taxonomy.errors import PrunetaxError
+from taxonomy.expr import MetricExpr, parse_metric
+from taxonomy.spec import MetricSpec
+
+_ROWS_PER_PASS = 8192                 # images per batched forward on CPU (x4 on GPU)
+_WEIGHT_GRAD_BUDGET = 1 << 30          # bytes of per-image weight gradients per chunk
+
+
+class Trajectory:
+    """One metric pruning one copy of the network (its keep mask lives in the cell's tensor)."""
+
+    def __init__(self, name: str, metric, ran_as: str):
+        self.name, self.metric, self.ran_as = name, metric, ran_as
+        self.run_metric = ran_as if ran_as in REFERENCES else parse_metric(ran_as)
+        self.removed: list[int] = []              # units removed, in order
+        self.step_end: list[int] = [0]            # len(removed) after each step
+        self.rates: list[tuple] = [(0.0, 0.0, 0.0)]  # (conv %, channels %, MACs %) after step i
+        self.accuracy: dict[int, float] = {}      # step -> test accuracy
+        self.done = False
+        self.crossed = False
+        self.order: list[int] | None = None       # one-shot ranking
+
+
+def _metric_key(m) -> tuple:
+    """Trajectories whose metrics share this key share one signal pass."""
+    if isinstance(m, MetricSpec):
+        return ("spec", m.base_input, m.pointwise, m.aggregation)
+    return ("expr", str(m))
+
+
+def resolve_metrics(texts, structure) -> list[Trajectory]:
+    """Parse the cell's metric list; metrics equivalent on this network run once (``ran_as``)."""
+    single_member = all(len(u.members) == 1 for u in structure.units)
+    trajectories, seen = [], set()
+    for text in texts:
+        text = text.strip()
+        if text in REFERENCES:
+            metric, name = text, text
+        else:
+            metric = parse_metric(text)
+            name = text if ("-" not in text and "*" not in text and "+" not in text) else str(metric)
+        if name in seen:
+            continue
+        seen.add(name)
+        ran = metric
+        if isinstance(metric, MetricSpec) and metric.structure == "domino_o" and single_member:
+            ran = metric.replace(structure="channel")   # no merges and no groups: domino_o == channel
+        trajectories.append(Trajectory(name, metric, ran if isinstance(ran, str) else str(ran)))
+    if not trajectories:
+        raise PrunetaxError("the cell has no metrics")
+    return trajectories
+
+
+class _Pruner:
+    def __init__(self, model, structure, masked, data, protocol: Protocol, seed: int, device):
+        self.model, self.st, self.masked, self.p = model, structure, masked, protocol
+        self.device, self.seed = device, seed
+        self.eval_x, self.eval_y = data.eval_x, data.eval_y
+        self.test_x, self.test_y = data.test_x, data.test_y
+        if protocol.test_images:
+            self.test_x, self.test_y = self.test_x[: protocol.test_images], self.test_y[: protocol.test_images]
+        U = structure.num_units
+        self.U = U
+        self.rows = _ROWS_PER_PASS * (4 if device.type == "cuda" else 1)
+        # members of each unit per producer, to keep every layer non-empty
+        P = len(structure.producers)
+        self.members = torch.zeros(P, U, device=device)
+        for i, p in enumerate(structure.producers):
+            u = structure.layers[p].out_units
+            self.members[i].index_add_(0, u[u >= 0].to(device), torch.ones(int((u >= 0).sum()), device=device))
+        full = torch.ones(1, U, dtype=torch.bool, device=device)
+        self.initial = (structure.conv_weights_active(full).item(), structure.channels_active(full).item(),
+                        structure.macs_active(full).item())
+        self.max_layer_weights = max(L.out_channels * L.in_channels * L.kernel // L.groups
+                                     for L in structure.layers.values())
+
+    # -- counts ---------------------------------------------------------------------------------
+    def removable(self, keep: torch.Tensor) -> torch.Tensor:
+        """bool [K, U]: kept units whose removal leaves every producer at least one channel."""
+        m = self.members                                   # [P, U]
+        kept = keep.to(m.dtype) @ m.T                      # [K, P] kept channels per producer
+        ok = ((m[None] == 0) | (kept[:, :, None] - m[None] > 0)).all(1)   # [K, U]
+        return keep & ok
+
+    def rates(self, keep: torch.Tensor) -> list[tuple]:
+        conv = self.st.conv_weights_active(keep).double()
+        ch = self.st.channels_active(keep).double()
+        macs = self.st.macs_active(keep).double()
+        c0, h0, m0 = self.initial
+        return [(100 * (1 - c / c0), 100 * (1 - h / h0), 100 * (1 - m / m0))
+                for c, h, m in zip(conv.tolist(), ch.tolist(), macs.tolist())]
+
+    # -- batched forwards -----------------------------------------------------------------------
+    @torch.no_grad()
+    def accuracy(self, keep: torch.Tensor) -> list[float]:
+        """Test accuracy (%) of each mask row of ``keep`` [K, U], in batched passes."""
+        out = []
+        T = len(self.test_y)
+        per_pass = max(1, self.rows // T)
+        for k0 in range(0, len(keep), per_pass):
+            ks = keep[k0:k0 + per_pass]
+            K = len(ks)
+            correct = torch.zeros(K, device=self.device)
+            step = max(1, self.rows // K)
+            self.masked.set_keep(ks)
+            for i in range(0, T, step):
+                xb, yb = self.test_x[i:i + step], self.test_y[i:i + step]
+                logits = self.masked(xb.repeat(K, *([1] * (xb.dim() - 1))))
+                pred = logits.argmax(1).view(K, -1)
+                correct += (pred == yb[None]).sum(1)
+            out += (100.0 * correct / T).tolist()
+        return out
+
+    @torch.no_grad()
+    def losses(self, keep: torch.Tensor, x, y) -> torch.Tensor:
+        """Mean eval-batch loss of each mask row (the oracle's criterion), [K]."""
+        out = []
+        per_pass = max(1, self.rows // len(y))
+        for k0 in range(0, len(keep), per_pass):
+            ks = keep[k0:k0 + per_pass]
+            self.masked.set_keep(ks)
+            logits = self.masked(x.repeat(len(ks), *([1] * (x.dim() - 1))))
+            loss = F.cross_entropy(logits, y.repeat(len(ks)), reduction="none").view(len(ks), -1).mean(1)
+            out.append(loss)
+        return torch.cat(out)
+
+    def saliency_images(self, step: int):
+        n = min(self.p.saliency_batches * self.p.batch_size, len(self.eval_y))
+        if n == 0:
+            raise PrunetaxError("the eval split is empty: saliency metrics need held-out eval images")
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        idx = torch.randperm(len(self.eval_y), generator=gen)[:n].to(self.eval_y.device)
+        return self.eval_x[idx], self.eval_y[idx]
+
+    def unit_saliencies(self, metrics: list, keep: torch.Tensor, x, y) -> torch.Tensor:
+        """Unit saliency [K, U] of trajectory k under metric k, one signal pass per metric group."""
+        K = len(metrics)
+        out = torch.empty(K, self.U, dtype=torch.float64, device=self.device)
+        groups: dict[tuple, list[int]] = {}
+        for k, m in enumerate(metrics):
+            groups.setdefault(_metric_key(m), []).append(k)
+        for idx in groups.values():
+            uniq = list(dict.fromkeys(metrics[k] for k in idx))
+            acc = Accumulator(self.masked.graph_module, self.st, uniq, keep[idx])
+            self.masked.set_keep(acc.keep)
+            G, N = len(idx), len(y)
+            chunk = N
+            if acc.needs.weight:
+                chunk = max(1, min(N, _WEIGHT_GRAD_BUDGET // (G * self.max_layer_weights * 4 * 6)))
+            for i in range(0, N, chunk):
+                xb, yb = x[i:i + chunk], y[i:i + chunk]
+                rep = (G, *([1] * (xb.dim() - 1)))
+                acc.add(collect(self.masked, xb.repeat(rep), yb.repeat(G), acc.needs), len(yb))
+            values = finalize(acc)
+            for row, k in enumerate(idx):
+                per_layer = values[metrics[k]]
+                s = torch.full((self.U + 1,), float("inf"), dtype=torch.float64, device=self.device)
+                for p, v in per_layer.items():
+                    u = (self.st.layers[p].out_units % (self.U + 1)).to(self.device)
+                    s.scatter_reduce_(0, u, v[row], reduce="amin")
+                out[k] = s[: self.U]
+        return out
+
+
+def _crossing(traj: Trajectory, target: float):
+    """Interpolated (conv %, channels %, MACs %) where accuracy crosses ``target``, and the step."""
+    steps = sorted(traj.accuracy)
+    prev = None
+    for s in steps:
+        a = traj.accuracy[s]
+        if a < target:
+            if prev is None:
+                return traj.rates[s], s
+            a0, r0, r1 = traj.accuracy[prev], traj.rates[prev], traj.rates[s]
+            t = (a0 - target) / (a0 - a) if a0 != a else 1.0
+            return tuple(x0 + t * (x1 - x0) for x0, x1 in zip(r0, r1)), s
+        prev = s
+    return None, None
+
+
+def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
+          baseline_accuracy: float, progress=None) -> list[Trajectory]:
+    """Run every metric's trajectory to its crossing; returns the trajectories."""
+    pr = _Pruner(model, structure, masked, data, protocol, seed, device)
+    trajs = resolve_metrics(metrics_texts, structure)
+    drop = protocol.threshold * (baseline_accuracy / 100.0 if protocol.relative else 1.0)
+    target = baseline_accuracy - drop
+    runs = {}                                   # ran_as -> the trajectory that actually runs
+    for t in trajs:
+        runs.setdefault(t.ran_as, t)
+    active = list(runs.values())
+    K = len(active)
+    keep = torch.ones(K, pr.U, dtype=torch.bool, device=device)
+    stride = protocol.eval_every or max(1, math.isqrt(pr.U))
+    if protocol.schedule == "exact":
+        stride = 1
+    gen = torch.Generator().manual_seed(seed)
+    for t in active:
+        t.accuracy[0] = baseline_accuracy
+    step = 0
+    pending = [k for k in range(K)]
+    while pending:
+        step += 1
+        rem = pr.removable(keep[pending])
+        choose = torch.full((len(pending), pr.U), float("inf"), dtype=torch.float64, device=device)
+        metric_rows = [(i, k) for i, k in enumerate(pending) if active[k].metric not in REFERENCES]
+        need_sal = [(i, k) for i, k in metric_rows if not (protocol.one_shot and active[k].order is not None)]
+        if need_sal:
+            x, y = pr.saliency_images(step)
+            sal = pr.unit_saliencies([active[k].run_metric for _, k in need_sal],
+                                     keep[[k for _, k in need_sal]], x, y)
+            for j, (i, k) in enumerate(need_sal):
+                if protocol.one_shot:
+                    active[k].order = torch.argsort(sal[j].cpu(), stable=True).tolist()
+                else:
+                    choose[i] = sal[j]
+        for i, k in enumerate(pending):
+            t = active[k]
+            if t.metric == "random":
+                choose[i] = torch.rand(pr.U, generator=gen, dtype=torch.float64).to(device)
+            elif t.metric == "oracle":
+                choose[i] = _oracle_scores(pr, keep[k], rem[i], step, gen)
+            elif protocol.one_shot:
+                rank = torch.empty(pr.U, dtype=torch.float64)
+                rank[torch.tensor(t.order)] = torch.arange(pr.U, dtype=torch.float64)
+                choose[i] = rank.to(device)
+        choose = torch.where(rem, choose, torch.full_like(choose, float("inf")))
+        for i, k in enumerate(pending):
+            for _ in range(protocol.units_per_step):
+                ok = pr.removable(keep[k:k + 1])[0]
+                if not bool(ok.any()):
+                    break
+                row = torch.where(ok, choose[i], torch.full_like(choose[i], float("inf")))
+                u = int(torch.argmin(row)) if bool(torch.isfinite(row).any()) else int(torch.nonzero(ok)[0])
+                keep[k, u] = False                    # argmin takes the lowest unit id on ties
+                active[k].removed.append(u)
+                choose[i, u] = float("inf")
+            active[k].step_end.append(len(active[k].removed))
+        for (k, r) in zip(pending, pr.rates(keep[pending])):
+            active[k].rates.append(r)
+        # schedule
+        exhausted = [k for k in pending if not bool(pr.removable(keep[k:k + 1]).any())]
+        due = [k for k in pending if step % stride == 0 or k in exhausted]
+        if due:
+            for k, a in zip(due, pr.accuracy(keep[due])):
+                active[k].accuracy[step] = a
+        for k in list(pending):
+            t = active[k]
+            if step in t.accuracy and t.accuracy[step] < target:
+                if stride > 1:
+                    _refine(pr, t, step, stride, target)
+                t.crossed, t.done = True, True
+                pending.remove(k)
+            elif k in exhausted:
+                t.done = True
+                pending.remove(k)
+        if progress is not None:
+            progress(step, len(pending), K)
+    by_name = {t.ran_as: t for t in active}
+    for t in trajs:                               # equivalent metrics share the run's trajectory
+        src = by_name[t.ran_as]
+        if src is not t:
+            t.removed, t.step_end, t.rates = src.removed, src.step_end, src.rates
+            t.accuracy, t.crossed, t.done = src.accuracy, src.crossed, True
+    return trajs
+
+
+def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float) -> None:
+    """Evaluate every step inside (step - stride, step) in one batched pass."""
+    lo = max(0, step - stride)
+    inner = [s for s in range(lo + 1, step) if s not in t.accuracy]
+    if not inner:
+        return
+    masks = torch.ones(len(inner), pr.U, dtype=torch.bool, device=pr.device)
+    for row, s in enumerate(inner):
+        masks[row, t.removed[: t.step_end[s]]] = False
+    for s, a in zip(inner, pr.accuracy(masks)):
+        t.accuracy[s] = a
+
+
+def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
+    """Myopic oracle: among candidate units, the removal with the lowest eval-batch loss scores 0."""
+    cand = torch.nonzero(rem_row).flatten()
+    n = pr.p.oracle_candidates or 32
+    if len(cand) > n:
+        cand = cand[torch.randperm(len(cand), generator=gen)[:n].to(cand.device)]
+    masks = keep_row[None].repeat(len(cand), 1)
+    masks[torch.arange(len(cand)), cand] = False
+    x, y = pr.saliency_images(step)
+    loss = pr.losses(masks, x, y)
+    scores = torch.full((pr.U,), float("inf"), dtype=torch.float64, device=pr.device)
+    scores[cand] = loss.to(torch.float64)
+    return scores
+
+
+def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress: bool = False) -> CellResult:
+    """Train or fetch the cell's baseline, prune it with every metric, score the crossings."""
+    import benchmarks
+    from benchmarks.data import load_dataset
+    from benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
+    from metrics import MaskedModel, analyze
+
+    start = time.perf_counter()
+    p = cell.protocol
+    dev = resolve_device(device)
+    overrides = {"limit": cell.train_limit} if cell.train_limit else {}
+    recipe = recipe_for(cell.network, cell.dataset, cell.epochs, **overrides)
+    data = load_dataset(cell.dataset, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev)
+    model, info = train_baseline(cell.network, data, cell.seed, epochs=cell.epochs, device=dev,
+                                 cache_dir=cache_dir, progress=progress, limit=cell.train_limit)
+    model.eval()
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    structure = analyze(model, data.test_x[:1])
+    masked = MaskedModel(model, structure)
+    test_x, test_y = data.test_x, data.test_y
+    if p.test_images:
+        test_x, test_y = test_x[: p.test_images], test_y[: p.test_images]
+    baseline = evaluate(model, test_x, test_y)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(desc=f"{cell.network}/{cell.dataset}/s{cell.seed}", unit="step", leave=False)
+
+    def tick(step, pending, K):
+        bar.update(1)
+        bar.set_postfix_str(f"{K - pending}/{K} metrics crossed")
+    trajs = prune(model, structure, masked, data, cell.metrics, p, cell.seed, dev, baseline,
+                  tick if bar is not None else None)
+    if bar is not None:
+        bar.close()
+    wall = time.perf_counter() - start
+    drop = p.threshold * (baseline / 100.0 if p.relative else 1.0)
+    rows, traj_rows = [], []
+    for t in trajs:
+        crossing, cstep = _crossing(t, baseline - drop)
+        if crossing is None:       # never fell below the target: report the final rate
+            crossing, cstep = t.rates[-1], len(t.rates) - 1
+        rows.append(_row(cell, t, crossing, cstep, baseline, p, dev, wall))
+        for s in range(1, len(t.rates)):
+            units = t.removed[t.step_end[s - 1]:t.step_end[s]]
+            traj_rows.append({
+                "cell_id": cell.id, "metric_id": t.name, "network": cell.network, "dataset": cell.dataset,
+                "seed": cell.seed, "step": s, "unit": units[0] if len(units) == 1 else (units[0] if units else -1),
+                "conv_weights_removed_pct": t.rates[s][0], "channels_removed_pct": t.rates[s][1],
+                "macs_removed_pct": t.rates[s][2], "accuracy": t.accuracy.get(s)})
+    del benchmarks
+    return CellResult(cell, rows, traj_rows, wall)
+
+
+def _row(cell, t: Trajectory, crossing, step, baseline, p: Protocol, dev, wall) -> dict:
+    import json
+
+    import benchmarks
+
+    comps = dict.fromkeys(("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation"))
+    if isinstance(t.metric, MetricSpec):
+        kind = "spec"
+        comps = dict(zip(comps, t.metric.components()))
+    elif isinstance(t.metric, MetricExpr):
+        kind = "expression"
+    else:
+        kind = "reference"
+    if kind != "reference" and "-" not in t.name and "*" not in t.name:
+        kind = "named"
+        if isinstance(t.metric, MetricSpec):
+            comps = dict(zip(comps, t.metric.components()))
+    last = max(t.accuracy) if t.accuracy else 0
+    return {"cell_id": cell.id, "metric_id": t.name, "kind": kind, **comps,
+            "network": cell.network, "dataset": cell.dataset, "seed": cell.seed,
+            "threshold": p.threshold, "threshold_mode": "relative" if p.relative else "absolute",
+            "baseline_accuracy": baseline, "conv_weights_removed_pct": crossing[0],
+            "channels_removed_pct": crossing[1], "macs_removed_pct": crossing[2], "steps": step,
+            "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
+            "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
+            "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
+            "device": str(dev), "wall_seconds": wall}
