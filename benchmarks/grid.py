@@ -43,11 +43,25 @@ def load_grid_file(path) -> dict:
     except UnicodeDecodeError as exc:
         raise PrunetaxError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise PrunetaxError(f"{p}: malformed TOML: {exc}") from None
+        raise PrunetaxError(f"{p}: malformed TOML {_where(str(exc), text)}") from None
     unknown = sorted(set(config) - set(GRID_KEYS))
     if unknown:
         raise PrunetaxError(f"{p}: unknown key {unknown[0]!r}; valid keys are {', '.join(GRID_KEYS)}")
     return config
+
+
+def _where(message: str, text: bytes) -> str:
+    """'at line L, column C: problem' from tomllib's 'problem (at line L, column C)'."""
+    import re
+
+    m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", message)
+    if m:
+        return f"at line {m.group(2)}, column {m.group(3)}: {m.group(1)}"
+    m = re.match(r"(.*) \(at end of document\)$", message)
+    if m:
+        lines = text.count(b"\n") + 1
+        return f"at line {lines} (end of file): {m.group(1)}"
+    return f": {message}"
 
 
 def _list(config: dict, key: str, kind: type, source: str) -> list:

@@ -1,0 +1,172 @@
+"""Grid building, validation and the runner (with a fake run_cell; the real one in test_bench_cli.py)."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+
+import benchmarks
+from benchmarks import grid
+from benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
+from benchmarks.grid import expand_metrics, grid_cells, load_grid_file, run_grid
+from benchmarks.results import cell_done, read_scores
+from enumerate import metric_space
+from taxonomy.errors import PrunetaxError
+
+
+def fake_rate(cell: Cell, metric: str) -> float:
+    digest = hashlib.sha256(f"{cell.network}/{cell.dataset}/{cell.seed}/{metric}".encode()).digest()
+    return round(digest[0] / 2.55, 3)
+
+
+def fake_run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress=False) -> CellResult:
+    FAKE_CALLS.append(cell.id)
+    rows = []
+    for m in cell.metrics:
+        r = dict.fromkeys(ROW_COLUMNS)
+        r.update(cell_id=cell.id, metric_id=m, kind="reference", network=cell.network, dataset=cell.dataset,
+                 seed=cell.seed, conv_weights_removed_pct=fake_rate(cell, m), protocol="{}", wall_seconds=0.1)
+        rows.append(r)
+    return CellResult(cell, rows, [], 0.1)
+
+
+FAKE_CALLS: list[str] = []
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    FAKE_CALLS.clear()
+    monkeypatch.setattr(grid, "_run_cell", fake_run_cell)
+    return FAKE_CALLS
+
+
+class Rolled(nn.Module):
+    """Channels rotated with torch.roll: the structure analysis cannot place it."""
+
+    def __init__(self, in_channels=1, num_classes=10, input_size=32):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(in_channels, 4, 3), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4 * (input_size - 4) ** 2, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.c2(torch.roll(self.c1(x), 1, dims=1)).flatten(1))
+
+
+def _register_rolled():
+    from benchmarks.models import list_models, register_model
+    if "test_rolled_grid" not in list_models():
+        register_model(lambda in_channels, num_classes, input_size: Rolled(in_channels, num_classes, input_size),
+                       name="test_rolled_grid")
+
+
+BASE = {"networks": ["lenet5"], "datasets": ["mnist"], "seeds": [0, 1], "metrics": ["random"],
+        "protocol": {"test_images": 100}}
+
+
+def test_cells_from_config():
+    cells = grid_cells({**BASE, "networks": ["lenet5", "cifar10_quick"], "epochs": 1, "train_limit": 50})
+    assert [(c.network, c.seed) for c in cells] == [("lenet5", 0), ("lenet5", 1), ("cifar10_quick", 0),
+                                                    ("cifar10_quick", 1)]
+    assert all(c.metrics == ("random",) and c.protocol == Protocol(test_images=100) for c in cells)
+    assert all(c.epochs == 1 and c.train_limit == 50 for c in cells)
+    assert len({c.id for c in cells}) == 4
+
+
+def test_metric_expansion():
+    paper = expand_metrics(["paper"])
+    assert len(paper) == 308 and paper == tuple(m.id for m in metric_space("paper"))
+    act = expand_metrics(["paper", "random", "oracle"], "activation-*")
+    assert act[-2:] == ("random", "oracle")
+    assert all(m.startswith("activation-") for m in act[:-2]) and len(act) - 2 == \
+        sum(m.id.startswith("activation-") for m in metric_space("paper"))
+    # authors' names become canonical ids; named metrics stay names; repeats dropped
+    assert expand_metrics(["activation-taylor-abs_sum_norm-weights_removed", "GFBS",
+                           "activation-taylor-abs_sum-weights_removed"]) == \
+        ("activation-taylor-abs_sum-weights_removed", "gfbs")
+    with pytest.raises(PrunetaxError, match="no metrics"):
+        expand_metrics(["paper"], "nothing-matches-*")
+
+
+def test_toml_file(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text('networks = ["lenet5"]\ndatasets = ["mnist"]\nseeds = [0, 1, 2]\nmetrics = ["paper"]\n'
+                 'metric_filter = "weight-*"\nepochs = 2\n[protocol]\nthreshold = 2.5\nschedule = "exact"\n')
+    cells = grid_cells(load_grid_file(p), str(p))
+    assert len(cells) == 3 and cells[0].protocol == Protocol(threshold=2.5, schedule="exact")
+    assert cells[0].epochs == 2 and all(m.startswith("weight-") for m in cells[0].metrics)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('networks = ["lenet5"\n', r"g\.toml: malformed TOML at line 2 \(end of file\): Unclosed array"),
+    ('networks = ["lenet5"]\ndatasets = mnist\n', r"g\.toml: malformed TOML at line 2, column 12: Invalid value"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\ncolour = 1\n',
+     "unknown key 'colour'; valid keys are networks, datasets, seeds"),
+    ('networks = ["lenetX"]\ndatasets = ["mnist"]\n', "unknown model 'lenetX'"),
+    ('networks = ["lenet5"]\ndatasets = ["mnistt"]\n', "unknown data set 'mnistt'; choose one of .*mnist"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\nmetrics = ["weight-value-l3-none"]\n', "reduction"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nthreshold = 150.0\n', "threshold 150.0 is out of range"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nthreshhold = 5.0\n', "unknown protocol option 'threshhold'"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nschedule = 3\n', "schedule must be a str"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\nseeds = ["a"]\n', "seeds must hold ints"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\nepochs = 0\n', "epochs must be a positive integer"),
+])
+def test_bad_grids_are_one_line_errors(tmp_path, text, match):
+    p = tmp_path / "g.toml"
+    p.write_text(text)
+    with pytest.raises(PrunetaxError, match=match) as info:
+        grid_cells(load_grid_file(p), str(p))
+    assert "\n" not in str(info.value)
+
+
+def test_structure_rejection_up_front():
+    _register_rolled()
+    with pytest.raises(PrunetaxError, match="network 'test_rolled_grid' cannot be pruned: .*roll"):
+        grid_cells({**BASE, "networks": ["test_rolled_grid"]})
+
+
+def test_run_grid_resumes_and_skips(tmp_path, fake):
+    cells = grid_cells(BASE)
+    s = run_grid(cells, tmp_path / "r", progress=False)
+    assert sorted(s.ran) == sorted(c.id for c in cells) and s.skipped == []
+    assert all(cell_done(tmp_path / "r", c) for c in cells)
+    got = {(r["seed"], r["metric_id"]): r["conv_weights_removed_pct"] for r in read_scores(tmp_path / "r").to_pylist()}
+    assert got == {(c.seed, "random"): fake_rate(c, "random") for c in cells}
+    fake.clear()
+    more = grid_cells({**BASE, "seeds": [0, 1, 2]})
+    s2 = run_grid(more, tmp_path / "r", progress=False)
+    assert fake == [more[2].id] and sorted(s2.skipped) == sorted(c.id for c in cells)
+    assert read_scores(tmp_path / "r").num_rows == 3
+
+
+def test_public_run_writes_one_cell(tmp_path, fake):
+    c = grid_cells(BASE)[0]
+    res = benchmarks.run(c, results=tmp_path)
+    assert res.cell == c and cell_done(tmp_path, c)
+
+
+def test_runner_errors(tmp_path, fake):
+    cells = grid_cells(BASE)
+    with pytest.raises(PrunetaxError, match="unknown backend 'spark'"):
+        run_grid(cells, tmp_path, backend="spark", progress=False)
+    with pytest.raises(PrunetaxError, match="n_jobs"):
+        run_grid(cells, tmp_path, n_jobs=0, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PrunetaxError, match="is a file"):
+        run_grid(cells, tmp_path / "file", progress=False)
+    with pytest.raises(PrunetaxError, match="--scheduler needs"):
+        run_grid(cells, tmp_path / "r", scheduler="tcp://x:8786", progress=False)
+
+
+@pytest.mark.parametrize("backend, extra", [("dask", "dask"), ("ray", "ray")])
+def test_missing_backend_names_the_extra(tmp_path, fake, backend, extra):
+    pytest.importorskip("joblib")
+    try:
+        __import__({"dask": "dask.distributed", "ray": "ray.util.joblib"}[backend])
+        pytest.skip(f"{backend} is installed")
+    except ImportError:
+        pass
+    with pytest.raises(PrunetaxError, match=rf"pip install prunetax\[{extra}\]"):
+        run_grid(grid_cells(BASE), tmp_path / "r", backend=backend, progress=False)
+    assert not (tmp_path / "r").exists()
