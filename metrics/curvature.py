@@ -92,9 +92,11 @@ class _Twin(fx.Interpreter):
             m = self.module.get_submodule(n.target)
             x = args[0]
             if isinstance(m, nn.Conv2d):
-                return F.conv2d(x, m.weight * m.weight, None, m.stride, m.padding, m.dilation, m.groups)
+                w = m.weight.detach()   # constants of the twin: no graph towards the parameters
+                return F.conv2d(x, w * w, None, m.stride, m.padding, m.dilation, m.groups)
             if isinstance(m, nn.Linear):
-                return F.linear(x, m.weight * m.weight)
+                w = m.weight.detach()
+                return F.linear(x, w * w)
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 if m.training:
                     raise PrunetaxError(f"LM curvature needs eval-mode BatchNorm at {where}; call model.eval()")
@@ -188,6 +190,13 @@ class _Twin(fx.Interpreter):
         return F.adaptive_avg_pool2d(x, (oh, ow)) / window
 
 
+def record_forward(gm: fx.GraphModule, x: torch.Tensor):
+    """Run ``gm`` on ``x`` (autograd as usual) and return (output, {node name: value})."""
+    rec = _Recorder(gm)
+    out = rec.run(x)
+    return out, rec.values
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm):
         super().__init__(gm)
@@ -200,16 +209,21 @@ class _Recorder(fx.Interpreter):
 
 
 def lm_curvature(gm: fx.GraphModule, x: torch.Tensor, nodes: list[str],
-                 logits_seed: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 logits_seed: torch.Tensor | None = None, primal: dict | None = None,
+                 logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The LM diagonal curvature of each image's own cross-entropy at the given fx nodes.
 
     ``x`` is the input batch; the result maps node name -> tensor shaped like that node's value
-    (per image). The seed at the logits is ``p(1-p)`` of the softmax unless given.
+    (per image). The seed at the logits is ``p(1-p)`` of the softmax unless given. ``primal`` and
+    ``logits``: the value of every node and the output from a forward already run on ``x``
+    (``record_forward``), so that the network is not run a second time.
     """
-    with torch.no_grad():
-        rec = _Recorder(gm)
-        logits = rec.run(x)
-    primal = dict(rec.values)
+    if primal is None:
+        with torch.no_grad():
+            rec = _Recorder(gm)
+            logits = rec.run(x)
+        primal = rec.values
+    primal = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in primal.items()}
     if logits_seed is None:
         p = torch.softmax(logits.detach(), dim=1)
         logits_seed = p * (1 - p)

@@ -194,13 +194,12 @@ class Accumulator:
         want_b = self._stat_sets({False: roles[False]}) if prod and bias is not None else {}
 
         def reduce(t):                                                  # [..., O, I/G, k]
-            r1 = t.sum(-1)
+            lead = t.shape[:-3]
             out = ()
-            if prod:
-                out += (r1.sum(-1),)
-            if cons:
-                lead = r1.shape[:-2]
-                out += (r1.reshape(*lead, G, O // G, Ig).sum(-2).reshape(*lead, I),)
+            if prod:   # one contiguous reduction over the row (a small inner dim k reduces slowly)
+                out += (t.reshape(*lead, O, Ig * kk).sum(-1),)
+            if cons:   # over the group's outputs first (an outer-dim sum), then k on O/G x less data
+                out += (t.reshape(*lead, G, O // G, Ig, kk).sum(-3).sum(-1).reshape(*lead, I),)
             return out
 
         def one(t):
