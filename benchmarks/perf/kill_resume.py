@@ -122,7 +122,7 @@ def kill_resume(workdir, kills: int = 5, fake: bool = False, seed: int = 0, seed
             horizon = startup + min(left, 2) * per_cell
             kill_after = rng.uniform(0.3, 1.0) * horizon if landed < kills else None
             rc, secs = run_once(command(bench_argv(resumed, cache, seeds), fake), env, kill_after)
-            done = len(scores_rows(resumed))  # every read must succeed: no partial file is ever visible
+            done = len(scores_rows(resumed)) if resumed.exists() else 0  # every read must succeed: no partial file is ever visible
             if rc is None:
                 landed += 1
                 temps = [p for p in resumed.rglob(".*") if p.is_file()]
