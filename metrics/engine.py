@@ -432,10 +432,116 @@ def unit_saliency(structure, channel_values: dict[str, torch.Tensor], K: int) ->
     return out[:, :U]
 
 
+def _layout(acc: Accumulator) -> dict:
+    """All producers' channels side by side: unit column, producer index, offsets, kept mask."""
+    if "layout" not in acc._index:
+        st = acc.st
+        producers = st.producers
+        sizes = [st.layers[p].out_channels for p in producers]
+        dev = acc.active.device
+        u_all = torch.cat([acc.unit_index(st.layers[p].out_units) for p in producers])
+        p_all = torch.cat([torch.full((c,), i, dtype=torch.long, device=dev) for i, c in enumerate(sizes)])
+        offsets = [0]
+        for c in sizes:
+            offsets.append(offsets[-1] + c)
+        consumers = [n for n, L in st.layers.items() if L.kind == "conv" and bool((L.in_units >= 0).any())]
+        acc._index["layout"] = dict(producers=producers, sizes=sizes, offsets=offsets, u_all=u_all, p_all=p_all,
+                                    kept=acc.active[:, u_all] > 0, consumers=consumers)
+    return acc._index["layout"]
+
+
+def channel_saliencies(acc: Accumulator, specs: list[MetricSpec]) -> dict:
+    """``channel_saliency`` of many specs at once, vectorised over specs and producers: specs
+    that share a statistic share its Domino sums, and every scaling is one batched operation.
+    spec -> {producer: float64 [K, C]} (views into one [specs, K, channels] tensor)."""
+    lay = _layout(acc)
+    producers, offsets, u_all, p_all, kept = (lay[k] for k in ("producers", "offsets", "u_all", "p_all", "kept"))
+    K, U = acc.K, acc.U
+    dev = acc.active.device
+    keys = list(dict.fromkeys((s.base_input, s.pointwise, s.aggregation, s.reduction) for s in specs))
+    kidx = {k: i for i, k in enumerate(keys)}
+    spec_of = {k: next(s for s in specs if (s.base_input, s.pointwise, s.aggregation, s.reduction) == k)
+               for k in keys}
+    S = torch.stack([torch.cat([acc.reduced(p, spec_of[k], False) for p in producers], 1) for k in keys])  # [M,K,C]
+    cands = {"channel": S}
+    io_keys = [k for k in keys if any(s.structure == "domino_io" and
+                                      (s.base_input, s.pointwise, s.aggregation, s.reduction) == k for s in specs)]
+    if any(s.structure != "channel" for s in specs):
+        tot = torch.zeros(len(keys), K, U + 1, dtype=torch.float64, device=dev)
+        tot.index_add_(2, u_all, S)
+        if io_keys:
+            sel = torch.tensor([kidx[k] for k in io_keys], device=dev)
+            tot_io = tot.index_select(0, sel)
+            for name in lay["consumers"]:
+                u = acc.unit_index(acc.st.layers[name].in_units)
+                tot_io.index_add_(2, u, torch.stack([acc.reduced(name, spec_of[k], True) for k in io_keys]))
+            tot_io[..., U] = 0
+            cands["domino_io"] = tot_io[..., u_all]
+        tot[..., U] = 0
+        cands["domino_o"] = tot[..., u_all]
+    io_pos = {k: i for i, k in enumerate(io_keys)}
+
+    def row(s):
+        k = (s.base_input, s.pointwise, s.aggregation, s.reduction)
+        return io_pos[k] if s.structure == "domino_io" else kidx[k]
+
+    D = torch.empty(len(specs), K, S.shape[-1], dtype=torch.float64, device=dev)
+    for structure, cand in cands.items():
+        idx = [i for i, s in enumerate(specs) if s.structure == structure]
+        if idx:
+            D[torch.tensor(idx, device=dev)] = cand[torch.tensor([row(specs[i]) for i in idx], device=dev)]
+    unknown = {s.structure for s in specs} - set(cands)
+    if unknown:
+        raise PrunetaxError(f"no engine support for structure {sorted(unknown)[0]!r}")
+
+    div = torch.ones_like(D)
+    P = len(producers)
+    for scaling in dict.fromkeys(s.scaling for s in specs):
+        idx = torch.tensor([i for i, s in enumerate(specs) if s.scaling == scaling], device=dev)
+        if scaling == "none":
+            continue
+        if scaling == "elements":
+            groups: dict = {}
+            for i in idx.tolist():
+                groups.setdefault((specs[i].base_input, specs[i].structure), []).append(i)
+            for (base, structure), rows in groups.items():
+                div[torch.tensor(rows, device=dev)] = _element_counts(acc, base, structure)
+        elif scaling in ("layer_l1", "layer_l2"):
+            d = D[idx]
+            part = torch.where(kept, d.abs() if scaling == "layer_l1" else d * d, 0)
+            seg = torch.zeros(len(idx), K, P, dtype=torch.float64, device=dev).index_add_(2, p_all, part)
+            div[idx] = (seg if scaling == "layer_l1" else seg.sqrt())[..., p_all]
+        elif scaling == "weights_removed":
+            div[idx] = acc.weights_removed()[:, u_all]
+        else:
+            raise PrunetaxError(f"no engine support for scaling {scaling!r}")
+    div = torch.where(div == 0, torch.ones_like(div), div)
+    v = D / div
+    v = torch.where(kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
+    return {s: {p: v[i, :, offsets[j]:offsets[j + 1]] for j, p in enumerate(producers)} for i, s in enumerate(specs)}
+
+
+def _element_counts(acc: Accumulator, base: str, structure: str) -> torch.Tensor:
+    """The ``elements`` divisor of every producer channel side by side, [K, channels] (cached)."""
+    key = ("counts", base, structure)
+    if key not in acc._index:
+        lay = _layout(acc)
+        n = torch.cat([acc.counts(p, base, False) for p in lay["producers"]], 1)
+        if structure != "channel":
+            U = acc.U
+            cnt = torch.zeros(acc.K, U + 1, dtype=torch.float64, device=n.device).index_add_(1, lay["u_all"], n)
+            if structure == "domino_io":
+                for name in lay["consumers"]:
+                    cnt.index_add_(1, acc.unit_index(acc.st.layers[name].in_units), acc.counts(name, base, True))
+            n = cnt[:, lay["u_all"]]
+        acc._index[key] = n
+    return acc._index[key]
+
+
 def finalize(acc: Accumulator) -> dict:
     """metric -> {producer -> S(l, c), float64 [K, C]}, NaN and removed channels as +inf."""
     st = acc.st
-    leaves = {s: channel_saliency(acc, s) for s in acc.specs}
+    leaves = channel_saliencies(acc, acc.specs)
     out = {}
     for m in acc.metrics:
         if isinstance(m, MetricSpec):
@@ -452,8 +558,11 @@ def finalize(acc: Accumulator) -> dict:
 
 def nonfinite_count(values: dict[str, torch.Tensor], acc: Accumulator) -> torch.Tensor:
     """Kept channels whose saliency is not finite (NaN became +inf), per trajectory [K]."""
-    total = torch.zeros(acc.K, dtype=torch.long, device=acc.keep.device)
-    for p, v in values.items():
-        kept = acc.act_of(acc.st.layers[p].out_units) > 0
-        total += (kept & ~torch.isfinite(v)).sum(1)
-    return total
+    names = tuple(values)
+    if not names:
+        return torch.zeros(acc.K, dtype=torch.long, device=acc.keep.device)
+    key = ("kept", names)
+    if key not in acc._index:
+        acc._index[key] = torch.cat([acc.act_of(acc.st.layers[p].out_units) > 0 for p in names], 1)
+    v = torch.cat(list(values.values()), 1)
+    return (acc._index[key] & ~torch.isfinite(v)).sum(1)
