@@ -180,14 +180,14 @@ def run(cell: Cell, results=None, device="auto", cache_dir=None, data_root=None,
     return result
 
 
-def _job(cell: Cell, results: str, device, cache_dir, data_root) -> tuple[str, float]:
+def _job(cell: Cell, results: str, device, cache_dir, data_root, runner=None) -> tuple[str, float]:
     """What a worker runs: one cell, written on completion (skipped if another worker finished it)."""
     from benchmarks.results import cell_done, write_cell_result
 
     if cell_done(results, cell):
         return cell.id, 0.0
     start = time.perf_counter()
-    result = _run_cell(cell, device=device, cache_dir=cache_dir, data_root=data_root, progress=False)
+    result = (runner or _run_cell)(cell, device=device, cache_dir=cache_dir, data_root=data_root, progress=False)
     write_cell_result(results, result)
     return cell.id, time.perf_counter() - start
 
@@ -275,7 +275,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
             _train_baselines(pending, device, cache_dir, data_root, progress)
         bar = tqdm(total=len(cells), initial=len(skipped), desc="cells", unit="cell", disable=not progress)
         args = [str(results), device, None if cache_dir is None else str(cache_dir),
-                None if data_root is None else str(data_root)]
+                None if data_root is None else str(data_root), _run_cell]
         if n_jobs == 1 and backend == "loky":
             outputs = (_job(c, *args) for c in pending)
         else:

@@ -170,3 +170,25 @@ def test_missing_backend_names_the_extra(tmp_path, fake, backend, extra):
     with pytest.raises(PrunetaxError, match=rf"pip install prunetax\[{extra}\]"):
         run_grid(grid_cells(BASE), tmp_path / "r", backend=backend, progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_parallel_loky_trains_each_baseline_once_then_fans_out(tmp_path, fake, monkeypatch):
+    trained = []
+    monkeypatch.setattr(grid, "_train_baselines", lambda cells, *a: trained.append([c.id for c in cells]))
+    cells = grid_cells({**BASE, "seeds": [0, 1, 2]})
+    done = run_grid(cells[:1], tmp_path / "r", progress=False)  # one cell already there
+    assert trained == []  # n_jobs=1: run_cell trains
+    s = run_grid(cells, tmp_path / "r", n_jobs=2, progress=False)
+    assert trained == [[c.id for c in cells[1:]]] and s.skipped == done.ran
+    assert sorted(s.ran) == sorted(c.id for c in cells[1:])
+    got = {(r["seed"], r["metric_id"]): r["conv_weights_removed_pct"] for r in read_scores(tmp_path / "r").to_pylist()}
+    assert got == {(c.seed, "random"): fake_rate(c, "random") for c in cells}
+
+
+def test_train_baselines_dedupes(monkeypatch):
+    calls = []
+    import benchmarks.training as training
+    monkeypatch.setattr(training, "train_baseline", lambda *a, **kw: calls.append((a, kw["epochs"], kw["limit"])))
+    cells = grid_cells({**BASE, "seeds": [0, 1]}) + grid_cells({**BASE, "seeds": [0, 1], "metrics": ["oracle"]})
+    grid._train_baselines(cells, "cpu", None, None, False)
+    assert calls == [(("lenet5", "mnist", 0), None, None), (("lenet5", "mnist", 1), None, None)]
