@@ -36,7 +36,8 @@ class Protocol:
     retrain_lr: float = 0.001
     test_images: int = 0              # 0 = the full test set; fewer for quick runs and tests
     max_trajectories: int = 0         # trajectories per batched pass (memory bound); 0 = automatic
-    oracle_candidates: int = 0        # oracle candidates per step; 0 = every unit when <= 256, else 256
+    oracle_candidates: int = 0        # oracle candidates per step (lowest eval loss wins); 0 = 32
+    prune_linear: bool = False        # also score and prune the channels of linear producers
 
     def __post_init__(self):
         if not (0 < self.threshold < 100):

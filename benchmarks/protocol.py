@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
 from metrics.engine import Accumulator, finalize, plan
-from metrics.signals import collect
+from metrics.signals import Signals, collect
 from taxonomy.errors import PrunetaxError
 from taxonomy.expr import MetricExpr, parse_metric
 from taxonomy.spec import MetricSpec
@@ -90,6 +90,7 @@ class _Pruner:
         for i, p in enumerate(structure.producers):
             u = structure.layers[p].out_units
             self.members[i].index_add_(0, u[u >= 0].to(device), torch.ones(int((u >= 0).sum()), device=device))
+        self.scored = self.members.sum(0) > 0              # units with a scored (pruned) member
         full = torch.ones(1, U, dtype=torch.bool, device=device)
         self.initial = (structure.conv_weights_active(full).item(), structure.channels_active(full).item(),
                         structure.macs_active(full).item())
@@ -102,7 +103,7 @@ class _Pruner:
         m = self.members                                   # [P, U]
         kept = keep.to(m.dtype) @ m.T                      # [K, P] kept channels per producer
         ok = ((m[None] == 0) | (kept[:, :, None] - m[None] > 0)).all(1)   # [K, U]
-        return keep & ok
+        return keep & ok & self.scored
 
     def rates(self, keep: torch.Tensor) -> list[tuple]:
         conv = self.st.conv_weights_active(keep).double()
@@ -166,6 +167,11 @@ class _Pruner:
             acc = Accumulator(self.masked.graph_module, self.st, uniq, keep[idx])
             self.masked.set_keep(acc.keep)
             G, N = len(idx), len(y)
+            nd = acc.needs
+            if not (nd.act or nd.act_in or nd.weight or nd.bn or nd.grad or nd.lm):
+                acc.add(Signals(), 1)              # weight values alone: no pass over images
+                self._take(values=finalize(acc), idx=idx, metrics=metrics, out=out)
+                continue
             chunk = N
             if acc.needs.weight:
                 chunk = max(1, min(N, _WEIGHT_GRAD_BUDGET // (G * self.max_layer_weights * 4 * 6)))
@@ -173,15 +179,17 @@ class _Pruner:
                 xb, yb = x[i:i + chunk], y[i:i + chunk]
                 rep = (G, *([1] * (xb.dim() - 1)))
                 acc.add(collect(self.masked, xb.repeat(rep), yb.repeat(G), acc.needs), len(yb))
-            values = finalize(acc)
-            for row, k in enumerate(idx):
-                per_layer = values[metrics[k]]
-                s = torch.full((self.U + 1,), float("inf"), dtype=torch.float64, device=self.device)
-                for p, v in per_layer.items():
-                    u = (self.st.layers[p].out_units % (self.U + 1)).to(self.device)
-                    s.scatter_reduce_(0, u, v[row], reduce="amin")
-                out[k] = s[: self.U]
+            self._take(values=finalize(acc), idx=idx, metrics=metrics, out=out)
         return out
+
+    def _take(self, values, idx, metrics, out) -> None:
+        """Row ``row`` of the group's values, for trajectory ``idx[row]`` and its own metric."""
+        for row, k in enumerate(idx):
+            s = torch.full((self.U + 1,), float("inf"), dtype=torch.float64, device=self.device)
+            for p, v in values[metrics[k]].items():
+                u = (self.st.layers[p].out_units % (self.U + 1)).to(self.device)
+                s.scatter_reduce_(0, u, v[row], reduce="amin")
+            out[k] = s[: self.U]
 
 
 def _crossing(traj: Trajectory, target: float):
@@ -333,8 +341,9 @@ def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress
     model.eval()
     for prm in model.parameters():
         prm.requires_grad_(False)
-    structure = analyze(model, data.test_x[:1])
-    masked = MaskedModel(model, structure)
+    full = analyze(model, data.test_x[:1])
+    masked = MaskedModel(model, full)
+    structure = full if p.prune_linear else full.restricted(("conv",))
     test_x, test_y = data.test_x, data.test_y
     if p.test_images:
         test_x, test_y = test_x[: p.test_images], test_y[: p.test_images]

@@ -142,6 +142,19 @@ class Structure:
                 out.index_add_(1, u, -L.kernel * act_in.index_select(1, j) * act_out.index_select(1, p))
         return out[:, :U].round().long().reshape(*lead, U)
 
+    def restricted(self, kinds=("conv",)) -> "Structure":
+        """A view whose scored producers are only layers of these kinds.
+
+        The authors score and prune convolution channels only; with ``kinds=("conv",)`` the
+        metric engine computes no saliency for linear producers (their units rank +inf) while
+        every count (weights_removed, rates) still covers all layers.
+        """
+        import copy
+
+        view = copy.copy(self)
+        view.producers = [p for p in self.producers if self.layers[p].kind in kinds]
+        return view
+
     def to_dict(self) -> dict:
         """A JSON-ready summary (used by ``prunetax structure --format json``)."""
         return {

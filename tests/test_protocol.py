@@ -1,0 +1,104 @@
+"""The pruning protocol: batched equals one-at-a-time, fast equals exact, crossings by hand."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from benchmarks.cell import Protocol
+from benchmarks.protocol import Trajectory, _crossing, _Pruner, prune
+from metrics import MaskedModel, analyze, saliencies
+from taxonomy import parse_metric
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A LeNet-5 trained briefly on 1,500 MNIST images (float64), with a small test set."""
+    from benchmarks.data import load_dataset
+    from benchmarks.training import evaluate, train_baseline
+
+    torch.set_num_threads(1)
+    data = load_dataset("mnist", eval_size=5000, seed=0)
+    model, _ = train_baseline("lenet5", data, 0, epochs=1, device="cpu", progress=False,
+                              cache_dir=tmp_path_factory.mktemp("cache"), limit=1500)
+    model = model.double().eval()
+    small = SimpleNamespace(eval_x=data.eval_x[:600].double(), eval_y=data.eval_y[:600],
+                            test_x=data.test_x[:200].double(), test_y=data.test_y[:200])
+    full = analyze(model, small.test_x[:1])
+    base = evaluate(model, small.test_x, small.test_y)
+    return model, full.restricted(("conv",)), small, base, MaskedModel(model, full)
+
+
+def _run(trained, metrics, **proto):
+    model, st, data, base, masked = trained
+    p = Protocol(**{"saliency_batches": 1, "batch_size": 16, "threshold": 5.0, **proto})
+    trajs = prune(model, st, masked, data, metrics, p, 0, torch.device("cpu"), base)
+    return {t.name: t for t in trajs}, base
+
+
+METRICS = ["weight-value-l2-weights_removed", "activation-taylor-abs_sum-elements", "random"]
+
+
+def test_batched_equals_one_metric_at_a_time(trained):
+    together, _ = _run(trained, METRICS, schedule="exact")
+    for m in METRICS:
+        alone, _ = _run(trained, [m], schedule="exact")
+        assert alone[m].removed == together[m].removed, m
+        assert alone[m].accuracy == pytest.approx(together[m].accuracy)
+
+
+def test_fast_equals_exact_within_one_step(trained):
+    exact, base = _run(trained, METRICS, schedule="exact")
+    fast, _ = _run(trained, METRICS, schedule="fast")
+    target = base - 5.0
+    for m in METRICS:
+        (r_exact, s_exact), (r_fast, s_fast) = _crossing(exact[m], target), _crossing(fast[m], target)
+        assert s_exact is not None and abs(s_exact - s_fast) <= 1, m
+        if s_exact == s_fast:
+            assert r_fast == pytest.approx(r_exact)
+        assert len(fast[m].accuracy) < len(exact[m].accuracy) or len(exact[m].accuracy) < 30
+
+
+def test_crossing_is_linear_interpolation_by_hand():
+    t = Trajectory("m", "random", "random")
+    t.rates = [(0.0, 0.0, 0.0), (10.0, 5.0, 8.0), (30.0, 15.0, 20.0), (50.0, 20.0, 40.0)]
+    t.accuracy = {0: 90.0, 1: 89.0, 2: 87.0, 3: 80.0}
+    rates, step = _crossing(t, 85.0)          # between step 2 (87) and 3 (80): t = 2/7
+    assert step == 3
+    assert rates == pytest.approx((30 + 2 / 7 * 20, 15 + 2 / 7 * 5, 20 + 2 / 7 * 20))
+    assert _crossing(t, 70.0) == (None, None)
+
+
+def test_one_shot_follows_the_baseline_ranking(trained):
+    model, st, data, _, _ = trained
+    m = "weight-value-l1-none"
+    got, _ = _run(trained, [m], schedule="exact", one_shot=True)
+    order = torch.argsort(saliencies(model, st, [(data.eval_x[:32], data.eval_y[:32])], [m])
+                          .unit_saliency(parse_metric(m)), stable=True).tolist()
+    removed = got[m].removed
+    assert removed == [u for u in order if u in set(removed)][: len(removed)]
+
+
+def test_no_layer_is_ever_emptied(trained):
+    model, st, data, _, masked = trained
+    pr = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
+    keep = torch.ones(1, st.num_units, dtype=torch.bool)
+    first = st.layers[st.producers[0]].out_units     # conv1: 20 single-channel units
+    keep[0, first[1:]] = False                         # one channel of conv1 left
+    ok = pr.removable(keep)[0]
+    assert not bool(ok[first[0]])                      # its last unit may not go
+    assert bool(ok[st.layers[st.producers[1]].out_units[0]])
+    assert not bool(ok[first[1]])                      # removed units are not removable either
+    fc = st.layers["5"].out_units                      # LeNet-5's fc1: a linear producer, not scored
+    assert not bool(ok[fc].any())
+
+
+def test_rates_count_conv_weights_by_hand(trained):
+    model, st, data, _, masked = trained
+    pr = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
+    keep = torch.ones(1, st.num_units, dtype=torch.bool)
+    keep[0, st.layers[st.producers[0]].out_units[0]] = False   # one conv1 channel of LeNet-5
+    conv, channels, _ = pr.rates(keep)[0]
+    # conv1 1x5x5x20 = 500, conv2 20x5x5x50 = 25,000; one conv1 filter (25) and its conv2 slice (50x25)
+    assert conv == pytest.approx(100 * (25 + 50 * 25) / 25500)
+    assert channels == pytest.approx(100 * 1 / 70)
