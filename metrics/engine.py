@@ -170,22 +170,31 @@ class Accumulator:
             x, g, h = self.elements(name, base, consumer)
             want = self._stat_sets({consumer: per_pw})
             res: dict = {}
-            # chunks of images (about ``chunk_bytes`` of x per chunk) keep the temporaries in cache
-            per_image = x[0, 0].numel() * x.element_size()
-            chunk = self.B if x.shape[1] == 1 else self.weight_chunk(per_image)
-            for b0 in range(0, x.shape[1] if x.shape[1] > 1 else 1, chunk):
-                sl = (slice(None), slice(b0, b0 + chunk))
-                part = [None if t is None else (t if t.shape[1] == 1 else t[sl]) for t in (x, g, h)]
-                st = pointwise_stats(*part, want, lambda t: (t.sum(-1),))
+
+            def put(st, b0=None, b1=None):
                 for key, (r,) in st.items():
                     if r.shape[0] != self.K:
                         r = r.expand(self.K, *r.shape[1:])
-                    if chunk >= self.B or r.shape[1] == 1:
+                    if b0 is None:
                         res[key] = r
-                        continue
-                    if key not in res:
-                        res[key] = r.new_empty(self.K, self.B, r.shape[-1])
-                    res[key][:, b0:b0 + chunk] = r
+                    else:
+                        if key not in res:
+                            res[key] = r.new_empty(self.K, self.B, r.shape[-1])
+                        res[key][:, b0:b1] = r
+            # statistics of x alone when x is the same for every image (BatchNorm parameters)
+            const = {pw: v for pw, v in want.items() if x.shape[1] == 1 and not (NEEDS[pw] & {"g", "h"})}
+            if const:
+                put(pointwise_stats(x, None, None, const, lambda t: (t.sum(-1),)))
+            varying = {pw: v for pw, v in want.items() if pw not in const}
+            if varying:
+                # chunks of images (about ``chunk_bytes`` per tensor) keep the temporaries in cache
+                ref = next((t for t in (x, g, h) if t is not None and t.shape[1] > 1), x)
+                chunk = self.weight_chunk(ref[0, 0].numel() * ref.element_size())
+                for b0 in range(0, self.B, chunk):
+                    b1 = min(self.B, b0 + chunk)
+                    part = [None if t is None else (t if t.shape[1] == 1 else t[:, b0:b1]) for t in (x, g, h)]
+                    put(pointwise_stats(*part, varying, lambda t: (t.sum(-1),)), *((None, None) if chunk >= self.B
+                                                                                    else (b0, b1)))
             out[consumer] = res
         return out
 

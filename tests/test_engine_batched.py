@@ -1,0 +1,114 @@
+"""The engine with K trajectories in one call, as the harness drives it, and its bounded chunks.
+
+``Accumulator(model_gm, structure, metrics, keep[K, U])`` + ``collect`` on ``x.repeat(K)`` +
+``finalize`` must give, for every trajectory k, what ``metrics.saliencies`` gives for that
+trajectory's keep mask alone (float64, to 1e-10), on every domino spec plus batch-aggregated,
+BatchNorm and expression metrics. The per-image chunk size of the weight gradients and the
+strided unfold must not change any value either.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+import reference_saliency as R  # noqa: E402  (only its test networks)
+
+from enumerate import metric_space  # noqa: E402
+from metrics import MaskedModel, analyze, saliencies  # noqa: E402
+from metrics.engine import Accumulator, finalize, nonfinite_count, unit_saliency  # noqa: E402
+from metrics.signals import collect  # noqa: E402
+from taxonomy import parse_metric  # noqa: E402
+
+EXTRA = ["weight-taylor-abs_sum-none@batch", "activation-hessian_gn-l2-elements-domino_io@batch",
+         "activation-taylor2_lm-sqr_sum-layer_l2@batch", "weight-gradient-l1-elements-domino_io@batch",
+         "activation-indicator-sum-elements", "activation-indicator-l1-layer_l1-domino_io"]
+BN_EXTRA = ["bn_weight-value-l1-none", "bn_weight-taylor-abs_sum-layer_l1-domino_o", "bn_bias-gradient-l2-elements",
+            "bn_weight-hessian_lm-sum-none@batch", "gfbs"]
+
+NETS = {"lenet": (R.SmallLeNet, (1, 20, 20), False), "grouped": (R.GroupedNet, (3, 8, 8), False),
+        "resnet": (R.SmallResNet, (3, 8, 8), True)}
+
+
+def make(net: str, B: int = 3, seed: int = 0):
+    cls, shape, has_bn = NETS[net]
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed + 1)
+    model = R.randomize_bn(cls(), gen).eval().double()
+    x = torch.randn(B, *shape, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (B,), generator=gen)
+    st = analyze(model, x[:1])
+    metrics = list(metric_space("domino")) + [parse_metric(m) for m in EXTRA + (BN_EXTRA if has_bn else [])]
+    return model, st, x, y, metrics
+
+
+def keeps(st, K: int, seed: int = 0) -> torch.Tensor:
+    """K different masks: all kept, then random removals (never a whole producer's units)."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.ones(K, st.num_units, dtype=torch.bool)
+    for k in range(1, K):
+        keep[k, torch.randperm(st.num_units, generator=gen)[: max(1, st.num_units // (3 + k))]] = False
+    return keep
+
+
+def batched(model, st, x, y, metrics, keep, chunk_bytes=None):
+    masked = MaskedModel(model, st)
+    acc = Accumulator(masked.graph_module, st, metrics, keep)
+    if chunk_bytes is not None:
+        acc.chunk_bytes = chunk_bytes
+    masked.set_keep(acc.keep)
+    K = keep.shape[0]
+    acc.add(collect(masked, x.repeat(K, *([1] * (x.dim() - 1))), y.repeat(K), acc.needs), len(y))
+    return acc, finalize(acc)
+
+
+def assert_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    assert torch.equal(torch.isinf(a), torch.isinf(b)), what
+    fin = torch.isfinite(a)
+    scale = max(1.0, float(a[fin].abs().max())) if bool(fin.any()) else 1.0
+    torch.testing.assert_close(a[fin], b[fin], rtol=1e-10, atol=1e-10 * scale, msg=what)
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_k_trajectories_equal_separate_calls(net):
+    model, st, x, y, metrics = make(net)
+    K = 3
+    keep = keeps(st, K)
+    acc, values = batched(model, st, x, y, metrics, keep)
+    nf = {m: nonfinite_count(values[m], acc) for m in metrics}
+    for k in range(K):
+        single = saliencies(copy.deepcopy(model), st, [(x, y)], metrics, keep=keep[k])
+        for m in metrics:
+            for p in st.producers:
+                assert_same(values[m][p][k], single.values[m][p][0], f"{net} k={k} {m} {p}")
+            assert int(nf[m][k]) == single.nonfinite[m.id], f"{m} k={k}"
+            assert_same(unit_saliency(st, values[m], K)[k], single.unit_saliency(m), f"units {m} k={k}")
+
+
+@pytest.mark.parametrize("net", ["grouped", "resnet"])
+def test_chunk_size_does_not_change_values(net):
+    model, st, x, y, metrics = make(net, B=5)
+    keep = keeps(st, 2, seed=1)
+    _, whole = batched(model, st, x, y, metrics, keep, chunk_bytes=2**40)    # every image at once
+    _, tiny = batched(model, st, x, y, metrics, keep, chunk_bytes=1)         # one image per chunk
+    for m in metrics:
+        for p in st.producers:
+            assert_same(tiny[m][p], whole[m][p], f"{m} {p}")
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=(3, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
+                                dict(kernel_size=5, padding=2, groups=4), dict(kernel_size=1, stride=2),
+                                dict(kernel_size=3, padding=0, dilation=2, groups=2)])
+def test_strided_unfold_equals_F_unfold(kw):
+    from metrics.signals import _unfold
+
+    conv = torch.nn.Conv2d(8, 8, **kw)
+    x = torch.randn(3, 8, 11, 10)
+    ref = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+    assert torch.equal(_unfold(conv, x), ref)
