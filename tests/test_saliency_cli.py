@@ -1,0 +1,109 @@
+"""``prunetax saliency`` end to end, in a subprocess, on a tiny LeNet-5 checkpoint made here.
+
+Every run uses a temporary PRUNETAX_CACHE, so no baseline is trained or read from the user's
+cache. Bad input (a BatchNorm metric on a network without BatchNorm, an unknown metric, a missing
+or NaN checkpoint) must exit 2 with a one-line error and write nothing.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    from benchmarks.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", in_channels=1, num_classes=10, input_size=32)
+    torch.save(model.state_dict(), tmp_path / "lenet5.pt")
+    return tmp_path
+
+
+def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PRUNETAX_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "-m", "benchmarks", "saliency", "--model", "lenet5", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+
+
+def one_line_error(p: subprocess.CompletedProcess, *words: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_paper_preset_writes_every_metric_and_channel(workdir):
+    import pyarrow.parquet as pq
+
+    out = workdir / "s.parquet"
+    p = run(workdir, "--checkpoint", str(workdir / "lenet5.pt"), "--metrics", "paper", "--images", "16",
+            "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert len(p.stdout.strip().splitlines()) == 1 and "21560 rows" in p.stdout, p.stdout
+    table = pq.read_table(out)
+    assert table.schema.names == ["metric_id", "layer", "channel", "unit", "value"]
+    assert table.num_rows == 308 * 70
+    rows = table.to_pydict()
+    assert len(set(rows["metric_id"])) == 308
+    per_metric = {}
+    for m in rows["metric_id"]:
+        per_metric[m] = per_metric.get(m, 0) + 1
+    assert set(per_metric.values()) == {70}
+    assert not list(workdir.glob("*.tmp*")) and not list(workdir.glob(".*.parquet*"))
+
+    # one value by hand, from the checkpoint alone: the first conv's channel 0 under
+    # weight-value-l1-none is sum |W[0]| + |b[0]| (nothing removed: every input is active)
+    state = torch.load(workdir / "lenet5.pt", weights_only=True)
+    first = next(k for k, v in state.items() if k.endswith(".weight") and v.dim() == 4)
+    layer = first[: -len(".weight")]
+    expected = float(state[first][0].abs().sum() + state[layer + ".bias"][0].abs())
+    got = [v for m, lay, c, v in zip(rows["metric_id"], rows["layer"], rows["channel"], rows["value"])
+           if m == "weight-value-l1-none" and lay == layer and c == 0]
+    assert len(got) == 1
+    assert got[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_bn_metric_on_lenet5_is_one_line_error(workdir):
+    out = workdir / "bn.parquet"
+    p = run(workdir, "--checkpoint", str(workdir / "lenet5.pt"), "--metrics", "weight-value-l1-none,gfbs",
+            "--out", str(out))
+    one_line_error(p, "BatchNorm")
+    assert not out.exists()
+
+
+def test_nan_checkpoint_is_one_line_error_and_no_file(workdir):
+    state = torch.load(workdir / "lenet5.pt", weights_only=True)
+    first = next(k for k, v in state.items() if k.endswith(".weight") and v.dim() == 4)
+    state[first][0, 0, 0, 0] = float("nan")
+    torch.save(state, workdir / "nan.pt")
+    out = workdir / "nan.parquet"
+    p = run(workdir, "--checkpoint", str(workdir / "nan.pt"), "--metrics", "paper", "--images", "8", "--out", str(out))
+    one_line_error(p, "NaN")
+    assert not out.exists()
+    assert not [f for f in workdir.iterdir() if f.name.startswith(("nan.parquet", ".nan.parquet"))]
+
+
+def test_unknown_metric_is_one_line_error(workdir):
+    out = workdir / "u.parquet"
+    p = run(workdir, "--checkpoint", str(workdir / "lenet5.pt"), "--metrics", "weight-bogus-l1-none",
+            "--out", str(out))
+    one_line_error(p, "bogus")
+    assert not out.exists()
+
+
+def test_missing_checkpoint_is_one_line_error(workdir):
+    out = workdir / "m.parquet"
+    p = run(workdir, "--checkpoint", str(workdir / "absent.pt"), "--out", str(out))
+    one_line_error(p, "absent.pt")
+    assert not out.exists()
