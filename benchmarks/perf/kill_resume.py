@@ -111,7 +111,7 @@ def kill_resume(workdir, kills: int = 5, fake: bool = False, seed: int = 0, seed
     _, startup = run_once(command(bench_argv(ref, cache, seeds), fake), env, None)  # every cell skipped
     log(f"uninterrupted run: {ref_seconds:.1f}s; start-up and validation alone: {startup:.1f}s")
     a, ta = scores_rows(ref), trajectory_rows(ref)
-    landed, runs, rounds, partials, equal, dups = 0, 0, 0, [], True, 0
+    landed, runs, rounds, partials, equal, dups, scale = 0, 0, 0, [], True, 0, 1.0
     while landed < kills:  # a round: kill at random moments until the grid completes, then compare
         rounds += 1
         resumed = workdir / f"resumed{rounds}"
@@ -120,7 +120,7 @@ def kill_resume(workdir, kills: int = 5, fake: bool = False, seed: int = 0, seed
             left = len(seeds) - len(list((resumed / "scores").rglob("*.parquet")))
             per_cell = max(ref_seconds - startup, 0.5) / len(seeds)
             horizon = startup + min(left, 2) * per_cell
-            kill_after = rng.uniform(0.3, 1.0) * horizon if landed < kills else None
+            kill_after = rng.uniform(0.3, 1.0) * horizon * scale if landed < kills else None
             rc, secs = run_once(command(bench_argv(resumed, cache, seeds), fake), env, kill_after)
             done = len(scores_rows(resumed)) if resumed.exists() else 0  # every read must succeed: no partial file is ever visible
             if rc is None:
@@ -131,6 +131,8 @@ def kill_resume(workdir, kills: int = 5, fake: bool = False, seed: int = 0, seed
                     f"{len(temps)} temp files left")
             else:
                 log(f"round {rounds} run {runs}: finished in {secs:.1f}s")
+                if kill_after is not None:  # the estimate was too long (a busy or a faster machine)
+                    scale = min(scale, 0.9 * secs / horizon)
                 break
         b, tb = scores_rows(resumed), trajectory_rows(resumed)
         equal = equal and a == b and ta == tb
