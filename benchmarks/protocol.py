@@ -209,9 +209,16 @@ def _crossing(traj: Trajectory, target: float):
 
 
 def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
-          baseline_accuracy: float, progress=None) -> list[Trajectory]:
-    """Run every metric's trajectory to its crossing; returns the trajectories."""
+          baseline_accuracy: float, progress=None, retrain=None) -> list[Trajectory]:
+    """Run every metric's trajectory to its crossing; returns the trajectories.
+
+    ``retrain(keep_row)`` (used by the characterise/retrain modes) runs after every step.
+    """
+    if retrain is None and protocol.mode != "none":
+        return _prune_retraining(model, structure, masked, data, metrics_texts, protocol, seed, device,
+                                 baseline_accuracy, progress)
     pr = _Pruner(model, structure, masked, data, protocol, seed, device)
+    pr.retrain = retrain
     trajs = resolve_metrics(metrics_texts, structure)
     drop = protocol.threshold * (baseline_accuracy / 100.0 if protocol.relative else 1.0)
     target = baseline_accuracy - drop
@@ -221,7 +228,7 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
     active = list(runs.values())
     K = len(active)
     keep = torch.ones(K, pr.U, dtype=torch.bool, device=device)
-    stride = protocol.eval_every or max(1, math.isqrt(pr.U))
+    stride = protocol.eval_every or max(1, math.isqrt(int(pr.scored.sum()) // protocol.units_per_step))
     if protocol.schedule == "exact":
         stride = 1
     gen = torch.Generator().manual_seed(seed)
@@ -266,6 +273,9 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
                 active[k].removed.append(u)
                 choose[i, u] = float("inf")
             active[k].step_end.append(len(active[k].removed))
+        if retrain is not None:
+            for k in pending:
+                retrain(keep[k])
         for (k, r) in zip(pending, pr.rates(keep[pending])):
             active[k].rates.append(r)
         # schedule
@@ -406,3 +416,42 @@ def _row(cell, t: Trajectory, crossing, step, baseline, p: Protocol, dev, wall) 
             "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
             "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
             "device": str(dev), "wall_seconds": wall}
+
+
+def _prune_retraining(model, structure, masked, data, metrics_texts, protocol, seed, device, baseline, progress):
+    """characterise / retrain: SGD after every step changes the weights, so each trajectory
+    runs alone on its own copy of the network, with the exact schedule."""
+    import copy
+    import dataclasses
+
+    from metrics import MaskedModel
+
+    if not hasattr(data, "train_x"):
+        raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")
+    p = dataclasses.replace(protocol, schedule="exact")
+    out = []
+    for i, text in enumerate(metrics_texts):
+        net = copy.deepcopy(model)
+        for prm in net.parameters():
+            prm.requires_grad_(True)
+        mm = MaskedModel(net, masked.structure)
+        opt = torch.optim.SGD(net.parameters(), lr=p.retrain_lr, momentum=0.9)
+        gen = torch.Generator().manual_seed(seed * 7919 + i)
+        target = baseline - p.threshold * (baseline / 100.0 if p.relative else 1.0)
+
+        def retrain(keep_row, mm=mm, opt=opt, gen=gen, target=target):
+            mm.set_keep(keep_row[None])
+            steps = p.retrain_steps if p.mode == "retrain" else max(p.retrain_steps, 50)
+            for _ in range(steps):
+                idx = torch.randint(len(data.train_y), (p.batch_size,), generator=gen).to(data.train_y.device)
+                with torch.enable_grad():
+                    logits = mm(data.train_x[idx])
+                    loss = F.cross_entropy(logits, data.train_y[idx])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                opt.step()
+                # characterise: stop once the training batch is back above the accuracy target
+                if p.mode == "characterise" and 100.0 * (logits.argmax(1) == data.train_y[idx]).float().mean() >= target:
+                    break
+        out += prune(net.eval(), structure, mm, data, [text], p, seed, device, baseline, progress, retrain=retrain)
+    return out

@@ -102,3 +102,20 @@ def test_rates_count_conv_weights_by_hand(trained):
     # conv1 1x5x5x20 = 500, conv2 20x5x5x50 = 25,000; one conv1 filter (25) and its conv2 slice (50x25)
     assert conv == pytest.approx(100 * (25 + 50 * 25) / 25500)
     assert channels == pytest.approx(100 * 1 / 70)
+
+
+def test_retrain_mode_trains_a_copy_and_with_zero_steps_equals_no_retraining(trained):
+    from benchmarks.data import load_dataset
+
+    model, st, data, base, masked = trained
+    d = load_dataset("mnist")
+    data = SimpleNamespace(**vars(data), train_x=d.train_x[:512].double(), train_y=d.train_y[:512])
+    before = copy.deepcopy(model.state_dict())
+    p0 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, schedule="exact")
+    plain = prune(model, st, masked, data, ["weight-value-l1-none"], p0, 0, torch.device("cpu"), base)[0]
+    p1 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, mode="retrain", retrain_steps=0)
+    zero = prune(model, st, masked, data, ["weight-value-l1-none"], p1, 0, torch.device("cpu"), base)[0]
+    assert zero.removed == plain.removed
+    p2 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, mode="retrain", retrain_steps=2)
+    prune(model, st, masked, data, ["weight-value-l1-none"], p2, 0, torch.device("cpu"), base)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the baseline is untouched
