@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
-from metrics.engine import Accumulator, finalize, plan
+from metrics.engine import Accumulator, finalize
 from metrics.signals import Signals, collect
 from taxonomy.errors import PrunetaxError
 from taxonomy.expr import MetricExpr, parse_metric
@@ -335,7 +335,6 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
 
 def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress: bool = False) -> CellResult:
     """Train or fetch the cell's baseline, prune it with every metric, score the crossings."""
-    import benchmarks
     from benchmarks.data import load_dataset
     from benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
     from metrics import MaskedModel, analyze
@@ -382,10 +381,9 @@ def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress
             units = t.removed[t.step_end[s - 1]:t.step_end[s]]
             traj_rows.append({
                 "cell_id": cell.id, "metric_id": t.name, "network": cell.network, "dataset": cell.dataset,
-                "seed": cell.seed, "step": s, "unit": units[0] if len(units) == 1 else (units[0] if units else -1),
+                "seed": cell.seed, "step": s, "unit": units[0] if units else -1,  # first unit of the step
                 "conv_weights_removed_pct": t.rates[s][0], "channels_removed_pct": t.rates[s][1],
                 "macs_removed_pct": t.rates[s][2], "accuracy": t.accuracy.get(s)})
-    del benchmarks
     return CellResult(cell, rows, traj_rows, wall)
 
 

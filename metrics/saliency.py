@@ -10,8 +10,7 @@ from metrics.engine import Accumulator, as_metrics, finalize, nonfinite_count, u
 from metrics.masking import MaskedModel
 from metrics.signals import collect
 from taxonomy.errors import PrunetaxError
-from taxonomy.expr import MetricExpr, parse_metric
-from taxonomy.spec import MetricSpec
+from taxonomy.expr import parse_metric
 
 
 @dataclass

@@ -81,7 +81,6 @@ def load_model(args, data, device):
 
 def run(args) -> int:
     import pyarrow.parquet as pq
-    import torch
 
     from benchmarks.data import load_dataset
     from benchmarks.io import atomic_path
