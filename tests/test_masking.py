@@ -15,13 +15,7 @@ SIZES = {"vgg16_bn": 32, "lenet5": 16, "alexnet_cifar": 8}
 ZOO = list_models(available_only=True)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_bn(model: nn.Module, seed: int = 0) -> nn.Module:

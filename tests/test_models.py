@@ -14,13 +14,7 @@ CIFAR = ["lenet5", "cifar10_quick", "nin", "alexnet_cifar", "resnet20", "resnet5
 TORCHVISION = ["tv_resnet18", "tv_resnet50", "tv_mobilenet_v2", "tv_densenet121", "tv_vgg16_bn"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _torchvision_imports() -> bool:

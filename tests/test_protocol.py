@@ -10,6 +10,8 @@ from benchmarks.protocol import Trajectory, _crossing, _Pruner, prune
 from metrics import MaskedModel, analyze, saliencies
 from taxonomy import parse_metric
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -17,7 +19,6 @@ def trained(tmp_path_factory):
     from benchmarks.data import load_dataset
     from benchmarks.training import evaluate, train_baseline
 
-    torch.set_num_threads(1)
     data = load_dataset("mnist", eval_size=5000, seed=0)
     model, _ = train_baseline("lenet5", data, 0, epochs=1, device="cpu", progress=False,
                               cache_dir=tmp_path_factory.mktemp("cache"), limit=1500)

@@ -15,13 +15,7 @@ from metrics import StructureError, analyze, register_layer_rule, slim, unregist
 from taxonomy.errors import PrunetaxError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one intra-op thread is faster and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _analyze(name, size=32, classes=10, in_ch=3):
