@@ -18,7 +18,7 @@ from torch import nn
 
 from taxonomy.errors import PrunetaxError
 
-__all__ = ["register_model", "list_models", "create_model", "model_info", "ModelInfo"]
+__all__ = ["register_model", "unregister_model", "list_models", "create_model", "model_info", "ModelInfo"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,12 @@ def register_model(fn=None, *, name: str | None = None, needs: str | None = None
         return f
 
     return deco(fn) if fn is not None else deco
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registered model (e.g. one a test or notebook added)."""
+    if _REGISTRY.pop(name, None) is None:
+        raise PrunetaxError(f"model '{name}' is not registered")
 
 
 def list_models(pattern: str | None = None, *, available_only: bool = False) -> list[str]:

@@ -54,11 +54,14 @@ class Rolled(nn.Module):
         return self.fc(self.c2(torch.roll(self.c1(x), 1, dims=1)).flatten(1))
 
 
-def _register_rolled():
-    from benchmarks.models import list_models, register_model
-    if "test_rolled_grid" not in list_models():
-        register_model(lambda in_channels, num_classes, input_size: Rolled(in_channels, num_classes, input_size),
-                       name="test_rolled_grid")
+@pytest.fixture
+def rolled_model():
+    """A zoo entry the structure analysis rejects (torch.roll on channels), removed afterwards."""
+    from benchmarks.models import register_model, unregister_model
+    register_model(lambda in_channels, num_classes, input_size: Rolled(in_channels, num_classes, input_size),
+                   name="test_rolled_grid")
+    yield "test_rolled_grid"
+    unregister_model("test_rolled_grid")
 
 
 BASE = {"networks": ["lenet5"], "datasets": ["mnist"], "seeds": [0, 1], "metrics": ["random"],
@@ -120,8 +123,7 @@ def test_bad_grids_are_one_line_errors(tmp_path, text, match):
     assert "\n" not in str(info.value)
 
 
-def test_structure_rejection_up_front():
-    _register_rolled()
+def test_structure_rejection_up_front(rolled_model):
     with pytest.raises(PrunetaxError, match="network 'test_rolled_grid' cannot be pruned: .*roll"):
         grid_cells({**BASE, "networks": ["test_rolled_grid"]})
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import models
-from benchmarks.models import create_model, list_models, model_info, register_model
+from benchmarks.models import create_model, list_models, model_info, register_model, unregister_model
 from taxonomy.errors import PrunetaxError
 
 CIFAR = ["lenet5", "cifar10_quick", "nin", "alexnet_cifar", "resnet20", "resnet56", "resnet20_a",
@@ -97,4 +96,7 @@ def test_bad_sizes_and_registration():
         with pytest.raises(PrunetaxError, match="already registered"):
             register_model(tiny, name="_test_tiny")
     finally:
-        models._REGISTRY.pop("_test_tiny")
+        unregister_model("_test_tiny")
+    assert "_test_tiny" not in list_models()
+    with pytest.raises(PrunetaxError, match="not registered"):
+        unregister_model("_test_tiny")
