@@ -5,12 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 def test_gpu_cell_tiny(tmp_path):
     env = {**os.environ, "PRUNETAX_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "cell.csv"

@@ -241,7 +241,7 @@ def tp_loop(ctx, kind: str):
     step = 0
     while True:
         step += 1
-        if kind == "taylor":
+        if kind.startswith("taylor"):
             x, y = pr.saliency_images(step)
             net.zero_grad(set_to_none=True)
             with torch.enable_grad():
