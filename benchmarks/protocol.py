@@ -116,7 +116,18 @@ class _Pruner:
     # -- batched forwards -----------------------------------------------------------------------
     @torch.no_grad()
     def accuracy(self, keep: torch.Tensor) -> list[float]:
-        """Test accuracy (%) of each mask row of ``keep`` [K, U], in batched passes."""
+        """Test accuracy (%) of each mask row of ``keep`` [K, U].
+
+        On a GPU: batched passes of the masked network (K masks at once). On a CPU, where the
+        test passes are compute-bound, each row's physically slimmed network instead, which
+        costs only the MACs that remain (``slim`` equals masking; tests/test_masking.py).
+        """
+        if self.device.type == "cpu":
+            from benchmarks.training import evaluate
+            from metrics import slim
+
+            return [evaluate(slim(self.model, self.masked.structure, row.cpu()), self.test_x, self.test_y)
+                    for row in keep]
         out = []
         T = len(self.test_y)
         per_pass = max(1, self.rows // T)
@@ -314,7 +325,13 @@ def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float) -
     masks = torch.ones(len(inner), pr.U, dtype=torch.bool, device=pr.device)
     for row, s in enumerate(inner):
         masks[row, t.removed[: t.step_end[s]]] = False
-    for s, a in zip(inner, pr.accuracy(masks)):
+    if pr.device.type == "cpu":   # one row at a time anyway: scan left to right, stop at the first crossing
+        for row, s in enumerate(inner):
+            t.accuracy[s] = pr.accuracy(masks[row:row + 1])[0]
+            if t.accuracy[s] < target:
+                return
+        return
+    for s, a in zip(inner, pr.accuracy(masks)):   # GPU: the whole bracket in one batched pass
         t.accuracy[s] = a
 
 
