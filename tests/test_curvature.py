@@ -15,18 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics import analyze
+from metrics import analyze, saliencies
 from taxonomy import MetricSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-
-def saliencies():
-    try:
-        from metrics import saliencies as s
-    except (ImportError, AttributeError) as exc:
-        pytest.skip(f"metrics.saliencies is not available: {exc}")
-    return s
 
 
 class ConvHead(nn.Module):
@@ -52,7 +45,7 @@ def test_lm_is_exact_on_the_classifier_weights():
     assert st.producers == ["conv1"]
     io = MetricSpec.parse("weight-hessian_lm-sum-none-domino_io")
     o = MetricSpec.parse("weight-hessian_lm-sum-none-domino_o")
-    res = saliencies()(model, st, [(x, y)], [io, o])
+    res = saliencies(model, st, [(x, y)], [io, o])
     engine_head = res.channel_values(io)["conv1"] - res.channel_values(o)["conv1"]
 
     # exact: for each image, the diagonal of the Hessian of its loss w.r.t. the head's weights
@@ -110,7 +103,7 @@ def test_lm_recursion_by_hand_on_a_two_layer_relu_net():
     st = analyze(model, x)
     specs = [MetricSpec.parse(s) for s in ("weight-hessian_lm-sum-none", "activation-hessian_lm-sum-none",
                                            "activation-taylor2_lm-sum-none", "weight-hessian_lm-l1-elements")]
-    res = saliencies()(model, st, [(x, y)], specs)
+    res = saliencies(model, st, [(x, y)], specs)
     expect = {
         specs[0]: [0.0, 11.25 * q],
         specs[1]: [0.0, 22.5 * q],

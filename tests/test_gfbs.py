@@ -17,16 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics import analyze
+from metrics import analyze, saliencies
 from taxonomy import parse_metric
 
-
-def saliencies():
-    try:
-        from metrics import saliencies as s
-    except (ImportError, AttributeError) as exc:
-        pytest.skip(f"metrics.saliencies is not available: {exc}")
-    return s
 
 
 class BNNet(nn.Module):
@@ -97,7 +90,7 @@ def test_gfbs_and_network_slimming_by_hand(pruned):
         keep[[1, 4, 7, 12]] = False
     gfbs, slim = by_hand(model, st, x, y, keep)
     metrics = [parse_metric("gfbs"), parse_metric("network_slimming")]
-    res = saliencies()(copy.deepcopy(model).double(), st, [(x[:4].double(), y[:4]), (x[4:].double(), y[4:])],
+    res = saliencies(copy.deepcopy(model).double(), st, [(x[:4].double(), y[:4]), (x[4:].double(), y[4:])],
                        metrics, keep=keep)
     for metric, want in zip(metrics, (gfbs, slim)):
         got_units = res.unit_saliency(metric).tolist()
@@ -115,6 +108,6 @@ def test_gfbs_ignores_the_batch_mean_convention():
     st = analyze(model, x)
     gfbs = parse_metric("gfbs")
     m = copy.deepcopy(model).double()
-    one = saliencies()(m, st, [(x.double(), y)], [gfbs]).unit_saliency(gfbs)
-    three = saliencies()(m, st, [(x[i:i + 2].double(), y[i:i + 2]) for i in (0, 2, 4)], [gfbs]).unit_saliency(gfbs)
+    one = saliencies(m, st, [(x.double(), y)], [gfbs]).unit_saliency(gfbs)
+    three = saliencies(m, st, [(x[i:i + 2].double(), y[i:i + 2]) for i in (0, 2, 4)], [gfbs]).unit_saliency(gfbs)
     torch.testing.assert_close(one, three, rtol=1e-10, atol=1e-14)

@@ -18,18 +18,11 @@ from torch.func import functional_call, grad, vmap
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_saliency as R  # noqa: E402  (only its test networks)
 
-from metrics import analyze  # noqa: E402
+from metrics import analyze, saliencies  # noqa: E402
 from taxonomy import MetricSpec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-
-def saliencies():
-    try:
-        from metrics import saliencies as s
-    except (ImportError, AttributeError) as exc:
-        pytest.skip(f"metrics.saliencies is not available: {exc}")
-    return s
 
 
 def per_sample_grads(model, x, y):
@@ -84,7 +77,7 @@ def test_weight_gradient_metrics_match_torch_func(net, shape):
               ("taylor", "l2", "none"), ("taylor", "l1", "elements"), ("hessian_gn", "l2", "none"),
               ("gradient", "sqr_sum", "none"), ("hessian_gn", "sqr_sum", "elements")]
     specs = [MetricSpec("weight", p, r, s) for p, r, s in combos]
-    res = saliencies()(copy.deepcopy(model), st, [(x[:3], y[:3]), (x[3:], y[3:])], specs)
+    res = saliencies(copy.deepcopy(model), st, [(x[:3], y[:3]), (x[3:], y[3:])], specs)
     for spec, (p, r, s) in zip(specs, combos):
         want = expected(model, st, grads, p, r, s)
         got = res.channel_values(spec)
