@@ -40,7 +40,7 @@ class Trajectory:
         self.accuracy: dict[int, float] = {}      # step -> test accuracy
         self.done = False
         self.crossed = False
-        self.order: list[int] | None = None       # one-shot ranking
+        self.order: torch.Tensor | None = None    # one-shot: each unit's rank on the baseline
 
 
 def _metric_key(m) -> tuple:
@@ -229,7 +229,6 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
         return _prune_retraining(model, structure, masked, data, metrics_texts, protocol, seed, device,
                                  baseline_accuracy, progress)
     pr = _Pruner(model, structure, masked, data, protocol, seed, device)
-    pr.retrain = retrain
     trajs = resolve_metrics(metrics_texts, structure)
     drop = protocol.threshold * (baseline_accuracy / 100.0 if protocol.relative else 1.0)
     target = baseline_accuracy - drop
@@ -258,8 +257,10 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
             sal = pr.unit_saliencies([active[k].run_metric for _, k in need_sal],
                                      keep[[k for _, k in need_sal]], x, y)
             for j, (i, k) in enumerate(need_sal):
-                if protocol.one_shot:
-                    active[k].order = torch.argsort(sal[j].cpu(), stable=True).tolist()
+                if protocol.one_shot:             # rank once: position in the baseline's order
+                    order = torch.argsort(sal[j], stable=True)
+                    active[k].order = torch.empty_like(sal[j]).scatter_(
+                        0, order, torch.arange(pr.U, dtype=sal.dtype, device=device))
                 else:
                     choose[i] = sal[j]
         for i, k in enumerate(pending):
@@ -269,9 +270,7 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
             elif t.metric == "oracle":
                 choose[i] = _oracle_scores(pr, keep[k], rem[i], step, gen)
             elif protocol.one_shot:
-                rank = torch.empty(pr.U, dtype=torch.float64)
-                rank[torch.tensor(t.order)] = torch.arange(pr.U, dtype=torch.float64)
-                choose[i] = rank.to(device)
+                choose[i] = t.order
         choose = torch.where(rem, choose, torch.full_like(choose, float("inf")))
         for i, k in enumerate(pending):
             for _ in range(protocol.units_per_step):
