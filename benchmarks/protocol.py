@@ -173,7 +173,9 @@ class _Pruner:
         groups: dict[tuple, list[int]] = {}
         for k, m in enumerate(metrics):
             groups.setdefault(_metric_key(m), []).append(k)
-        for idx in groups.values():
+        cap = self.p.max_trajectories or K            # trajectories per pass: bounds the memory
+        chunks = [g[c:c + cap] for g in groups.values() for c in range(0, len(g), cap)]
+        for idx in chunks:
             uniq = list(dict.fromkeys(metrics[k] for k in idx))
             acc = Accumulator(self.masked.graph_module, self.st, uniq, keep[idx])
             self.masked.set_keep(acc.keep)

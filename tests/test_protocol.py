@@ -48,6 +48,17 @@ def test_batched_equals_one_metric_at_a_time(trained):
         assert alone[m].accuracy == pytest.approx(together[m].accuracy)
 
 
+def test_max_trajectories_chunks_without_changing_the_result(trained):
+    model, st, data, _, masked = trained
+    pr = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
+    chunked = _Pruner(model, st, masked, data, Protocol(max_trajectories=1), 0, torch.device("cpu"))
+    ms = [parse_metric(m) for m in ("activation-taylor-abs_sum-elements", "activation-taylor-l2-none")]
+    keep = torch.ones(2, st.num_units, dtype=torch.bool)
+    keep[1, :4] = False
+    x, y = data.eval_x[:16], data.eval_y[:16]
+    assert torch.equal(pr.unit_saliencies(ms, keep, x, y), chunked.unit_saliencies(ms, keep, x, y))
+
+
 def test_fast_equals_exact_within_one_step(trained):
     exact, base = _run(trained, METRICS, schedule="exact")
     fast, _ = _run(trained, METRICS, schedule="fast")
