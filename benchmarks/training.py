@@ -16,7 +16,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from benchmarks.data import Dataset, dataset_channels, load_dataset, model_input_spec
+from benchmarks.io import atomic_path
 from taxonomy.errors import PrunetaxError
 
 __all__ = ["Recipe", "recipe_for", "train_baseline", "load_baseline", "evaluate", "default_cache_dir",
@@ -198,18 +198,6 @@ def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: b
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _resolve(model_name, dataset, seed, epochs, recipe, limit):
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PrunetaxError(f"seed must be an integer, got {seed!r}")
@@ -289,7 +277,9 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
     entry = _entry_dir(cache_dir, model_name, name, seed, recipe)
     entry.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(entry / "model.pt", lambda f: torch.save(state, f))
-    _atomic_write(entry / "info.json", lambda f: f.write(json.dumps(info, indent=2).encode()))
+    with atomic_path(entry / "model.pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(state, fh)
+    with atomic_path(entry / "info.json") as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
     info.update(cached=False, path=str(entry / "model.pt"))
     return model.eval(), info
