@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     src.add_argument("--checkpoint", metavar="PATH", help="a state_dict saved with torch.save")
     src.add_argument("--seed", type=int, default=0, help="the cached baseline of this seed (trained if missing)")
     p.add_argument("--metrics", default="paper", metavar="PRESET|ID[,ID...]",
-                   help="a preset (paper, domino, extended) or comma-separated ids, named metrics, expressions")
+                   help="comma-separated presets (paper, domino, extended), ids, named metrics, expressions")
     p.add_argument("--images", type=int, default=256, help="saliency images from the eval split (default 256)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward (default 128)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -25,17 +25,15 @@ def add_arguments(p) -> None:
 
 
 def parse_metric_list(text: str):
-    """A preset name, or comma-separated metric ids / named metrics / expressions."""
-    from enumerate import PRESETS, metric_space
+    """Presets, metric ids, named metrics and expressions, comma-separated (the grid's rules)."""
+    from benchmarks.grid import expand_metrics
     from taxonomy import parse_metric
     from taxonomy.errors import PrunetaxError
 
-    if text in PRESETS:
-        return metric_space(text)
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise PrunetaxError("--metrics is empty; give a preset (paper, domino, extended) or metric ids")
-    return [parse_metric(t) for t in items]
+    return [parse_metric(t) for t in expand_metrics(items)]
 
 
 def check_finite(model, source: str) -> None:
