@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
-from metrics.engine import Accumulator, finalize
+from metrics.engine import Accumulator, finalize, unit_saliency
 from metrics.signals import Signals, collect
 from taxonomy.errors import PrunetaxError
 from taxonomy.expr import MetricExpr, parse_metric
@@ -159,12 +159,15 @@ class _Pruner:
         return torch.cat(out)
 
     def saliency_images(self, step: int):
-        n = min(self.p.saliency_batches * self.p.batch_size, len(self.eval_y))
-        if n == 0:
-            raise PrunetaxError("the eval split is empty: saliency metrics need held-out eval images")
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        idx = torch.randperm(len(self.eval_y), generator=gen)[:n].to(self.eval_y.device)
-        return self.eval_x[idx], self.eval_y[idx]
+        """The step's eval images (the same for every metric and the oracle), drawn once per step."""
+        if getattr(self, "_images", (None,))[0] != step:
+            n = min(self.p.saliency_batches * self.p.batch_size, len(self.eval_y))
+            if n == 0:
+                raise PrunetaxError("the eval split is empty: saliency metrics need held-out eval images")
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            idx = torch.randperm(len(self.eval_y), generator=gen)[:n].to(self.eval_y.device)
+            self._images = (step, self.eval_x[idx], self.eval_y[idx])
+        return self._images[1:]
 
     def unit_saliencies(self, metrics: list, keep: torch.Tensor, x, y) -> torch.Tensor:
         """Unit saliency [K, U] of trajectory k under metric k, one signal pass per metric group."""
@@ -196,13 +199,14 @@ class _Pruner:
         return out
 
     def _take(self, values, idx, metrics, out) -> None:
-        """Row ``row`` of the group's values, for trajectory ``idx[row]`` and its own metric."""
+        """Unit saliencies of the group's rows, each trajectory under its own metric."""
+        rows_of: dict = {}
         for row, k in enumerate(idx):
-            s = torch.full((self.U + 1,), float("inf"), dtype=torch.float64, device=self.device)
-            for p, v in values[metrics[k]].items():
-                u = (self.st.layers[p].out_units % (self.U + 1)).to(self.device)
-                s.scatter_reduce_(0, u, v[row], reduce="amin")
-            out[k] = s[: self.U]
+            rows_of.setdefault(metrics[k], []).append(row)
+        for m, rows in rows_of.items():
+            r = torch.tensor(rows, device=self.device)
+            per_layer = {p: v.index_select(0, r) for p, v in values[m].items()}
+            out[[idx[row] for row in rows]] = unit_saliency(self.st, per_layer, len(rows)).to(out.device)
 
 
 def _crossing(traj: Trajectory, target: float):
