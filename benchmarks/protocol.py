@@ -295,7 +295,8 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
         for (k, r) in zip(pending, pr.rates(keep[pending])):
             active[k].rates.append(r)
         # schedule
-        exhausted = [k for k in pending if not bool(pr.removable(keep[k:k + 1]).any())]
+        left = pr.removable(keep[pending]).any(1).tolist()
+        exhausted = {k for k, more in zip(pending, left) if not more}
         due = [k for k in pending if step % stride == 0 or k in exhausted]
         if due:
             for k, a in zip(due, pr.accuracy(keep[due])):
