@@ -1,7 +1,8 @@
 """Baseline training: one recipe per model, cached by the hash of everything that shapes it.
 
 ``train_baseline(model, dataset, seed)`` returns the trained network, from the cache when it is
-there. The cache key is the sha256 of (model, dataset, seed, recipe, ``benchmarks.__version__``);
+there. The cache key is the sha256 of (model, dataset, seed, recipe, ``benchmarks.__version__``),
+where the recipe includes how the data is prepared (held-out split, ``limit``, ``pad_to``);
 each entry is a folder ``<cache>/baselines/<model>_<dataset>_seed<seed>_<hash16>/`` holding
 ``model.pt`` (the state dict) and ``info.json`` (recipe, accuracies, wall time, device, versions),
 both written atomically. Training is deterministic on CPU for a given seed.
@@ -55,6 +56,7 @@ class Recipe:
     eval_size: int = 5000  # training images held out as the evaluation split
     split_seed: int = 0  # seed of that split (the same for every training seed)
     limit: int | None = None  # train on the first `limit` images of the training split only (tests)
+    pad_to: int | None = 32  # smaller images zero-padded to this size (load_dataset's pad_to; None: never)
 
 
 def recipe_for(model_name: str, dataset_name: str, epochs: int | None = None, **overrides) -> Recipe:
@@ -73,8 +75,10 @@ def recipe_for(model_name: str, dataset_name: str, epochs: int | None = None, **
         raise PrunetaxError(f"unknown recipe field(s) {', '.join(sorted(unknown))}; "
                             f"choose from {', '.join(f.name for f in dataclasses.fields(Recipe))}")
     recipe = Recipe(**fields)
-    if recipe.limit is not None and recipe.limit < 1:
-        raise PrunetaxError(f"limit must be a positive integer or None, got {recipe.limit!r}")
+    for name in ("limit", "pad_to"):
+        value = getattr(recipe, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise PrunetaxError(f"{name} must be a positive integer or None, got {value!r}")
     if recipe.schedule not in ("cosine", "constant"):
         raise PrunetaxError(f"unknown schedule '{recipe.schedule}'; choose one of cosine, constant")
     return recipe
@@ -199,19 +203,45 @@ def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: b
 
 
 def _resolve(model_name, dataset, seed, epochs, recipe, limit):
+    """``(recipe, dataset name, Dataset or None)``. A loaded Dataset brings its padding into the
+    recipe (so into the cache key); its split must be the recipe's."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PrunetaxError(f"seed must be an integer, got {seed!r}")
     from benchmarks.models import model_info
     model_info(model_name)  # unknown model → one-line error before any data is loaded
-    name = dataset.name if isinstance(dataset, Dataset) else dataset
+    loaded = isinstance(dataset, Dataset)
+    name = dataset.name if loaded else dataset
     if recipe is None:
-        recipe = recipe_for(model_name, name, epochs, **({"limit": limit} if limit is not None else {}))
-    if isinstance(dataset, Dataset):
-        if (dataset.eval_size, dataset.seed) != (recipe.eval_size, recipe.split_seed):
-            raise PrunetaxError(f"data set {dataset.name} was split with eval_size={dataset.eval_size}, "
-                                f"seed={dataset.seed}; the recipe needs {recipe.eval_size}, {recipe.split_seed}")
+        fields = {"limit": limit} if limit is not None else {}
+        if loaded:
+            fields["pad_to"] = dataset.pad_to or None  # load_dataset pads only when pad_to is truthy
+        recipe = recipe_for(model_name, name, epochs, **fields)
+    else:
+        for field, value in (("epochs", epochs), ("limit", limit)):
+            if value is not None and value != getattr(recipe, field):
+                raise PrunetaxError(f"{field}={value!r} contradicts the recipe's {field}={getattr(recipe, field)!r}; "
+                                    f"give one of them")
+    if loaded:
+        have = (dataset.eval_size, dataset.seed, dataset.pad_to or None)
+        need = (recipe.eval_size, recipe.split_seed, recipe.pad_to)
+        if have != need:
+            raise PrunetaxError(f"data set {dataset.name} was loaded with eval_size={have[0]}, seed={have[1]}, "
+                                f"pad_to={have[2]}; the recipe needs {need[0]}, {need[1]}, {need[2]}")
         return recipe, dataset.name, dataset
     return recipe, dataset, None
+
+
+def _check_same_data(info: dict, data: Dataset, entry: Path) -> None:
+    """A cache entry is found by the data set's name and preparation; its images must also have
+    the shape (and the training split the size) the entry was trained on."""
+    have = (*model_input_spec(data), len(data.train_y))
+    trained = tuple(info.get(k) for k in ("in_channels", "input_size", "num_classes", "train_images"))
+    if any(t is not None and t != h for t, h in zip(trained, have)):
+        raise PrunetaxError(
+            f"cached baseline {entry} was trained on {trained[0]}x{trained[1]}x{trained[1]} images, {trained[2]} "
+            f"classes, {trained[3]} training images; data set {data.name} has {have[0]}x{have[1]}x{have[1]}, "
+            f"{have[2]}, {have[3]} (another copy of the data under the same name?); delete that folder or use "
+            f"another cache dir")
 
 
 def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
@@ -224,6 +254,8 @@ def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: in
         state = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, EOFError):
         return None  # missing or unreadable: not cached
+    if isinstance(dataset, Dataset):
+        _check_same_data(info, dataset, entry)
     from benchmarks.models import create_model
     model = create_model(model_name, info["in_channels"], info["num_classes"], info["input_size"])
     try:
@@ -250,7 +282,7 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
     dev = resolve_device(device)
     if data is None:
         data = load_dataset(name, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
-                            device=dev, download=download)
+                            device=dev, download=download, pad_to=recipe.pad_to)
     elif data.device != dev:
         data = data.to(dev)
     from benchmarks.models import create_model
@@ -272,6 +304,7 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__, "prunetax": __version__,
         "in_channels": in_channels, "input_size": input_size, "num_classes": num_classes,
+        "train_images": len(data.train_y),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     entry = _entry_dir(cache_dir, model_name, name, seed, recipe)

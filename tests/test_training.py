@@ -111,8 +111,60 @@ def test_cache_key_covers_every_input(monkeypatch):
     assert base != cache_key("lenet5", "fashion-mnist", 0, r)
     assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 3))
     assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, lr=0.01))
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, pad_to=None))
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, pad_to=40))
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, eval_size=1000))
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, split_seed=1))
+    assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, limit=100))
+    assert base != cache_key("nin", "mnist", 0, recipe_for("lenet5", "mnist", 2))
     monkeypatch.setattr(benchmarks, "__version__", "99.0")
     assert base != cache_key("lenet5", "mnist", 0, r)
+
+
+def test_recipe_pads_as_load_dataset_does():
+    import inspect
+    assert recipe_for("lenet5", "mnist").pad_to == inspect.signature(load_dataset).parameters["pad_to"].default
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(PrunetaxError, match="pad_to"):
+            recipe_for("lenet5", "mnist", pad_to=bad)
+
+
+def test_padding_is_part_of_the_cache_key(mnist, tmp_path):
+    """A model trained on 32x32 (padded) digits is never served for 28x28 ones, and back."""
+    padded, info32 = tiny(mnist, tmp_path)
+    raw = load_dataset("mnist", pad_to=None)
+    raw = dataclasses.replace(raw, test_x=raw.test_x[:1000], test_y=raw.test_y[:1000])
+    assert raw.input_size == 28
+    assert load_baseline("lenet5", raw, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+    small, info28 = tiny(raw, tmp_path)
+    assert info28["cached"] is False and info28["key"] != info32["key"] and info28["path"] != info32["path"]
+    assert (info32["input_size"], info28["input_size"]) == (32, 28)
+    assert info28["recipe"]["pad_to"] is None and info32["recipe"]["pad_to"] == 32
+    assert small(raw.test_x[:2]).shape == (2, 10)
+    again, info = tiny(raw, tmp_path)
+    assert info["cached"] is True and info["input_size"] == 28 and state_equal(small, again)
+    by_name, info = tiny("mnist", tmp_path)  # a name loads with the recipe's padding: the 32x32 entry
+    assert info["cached"] is True and info["path"] == info32["path"] and state_equal(padded, by_name)
+
+
+def test_dataset_must_match_an_explicit_recipe(mnist, tmp_path):
+    with pytest.raises(PrunetaxError, match="pad_to"):
+        train_baseline("lenet5", mnist, 0, device="cpu", cache_dir=tmp_path, progress=False,
+                       recipe=recipe_for("lenet5", "mnist", 1, limit=LIMIT, pad_to=None))
+    with pytest.raises(PrunetaxError, match="contradicts"):
+        train_baseline("lenet5", mnist, 0, epochs=2, device="cpu", cache_dir=tmp_path, progress=False,
+                       recipe=recipe_for("lenet5", "mnist", 1, limit=LIMIT))
+    with pytest.raises(PrunetaxError, match="contradicts"):
+        train_baseline("lenet5", mnist, 0, limit=5, device="cpu", cache_dir=tmp_path, progress=False,
+                       recipe=recipe_for("lenet5", "mnist", 1, limit=LIMIT))
+    assert not (tmp_path / "baselines").exists()
+
+
+def test_entry_of_other_images_under_the_same_name_is_an_error(mnist, tmp_path):
+    _, info = tiny(mnist, tmp_path)
+    fewer = dataclasses.replace(mnist, train_x=mnist.train_x[:-1], train_y=mnist.train_y[:-1])
+    with pytest.raises(PrunetaxError, match="training images"):
+        load_baseline("lenet5", fewer, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT)
 
 
 # --- training, determinism, cache -------------------------------------------------------------
