@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,11 @@ from benchmarks.data import Dataset, dataset_channels, load_dataset, model_input
 from benchmarks.io import atomic_path
 from taxonomy.errors import PrunetaxError
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, and two workers may both train one entry (the last write wins)
+    fcntl = None
+
 __all__ = ["Recipe", "recipe_for", "train_baseline", "load_baseline", "evaluate", "default_cache_dir",
            "cache_key", "resolve_device", "DEFAULT_EPOCHS"]
 
@@ -36,6 +42,7 @@ DEFAULT_EPOCHS = {"lenet5": 10, "cifar10_quick": 20, "nin": 40, "alexnet_cifar":
                   "resnet20": 60, "resnet20_a": 60, "resnet56": 80, "resnet56_a": 80,
                   "vgg16_bn": 60, "mobilenetv2": 60, "densenet40": 60}
 FALLBACK_EPOCHS = 30
+LOCK_NOTICE_S = 10.0  # a process waiting this long for another's training of the same entry says so
 # Per-model changes to the common recipe: networks without BatchNorm train at a lower rate.
 _OVERRIDES = {"lenet5": {"lr": 0.05}, "cifar10_quick": {"lr": 0.05}, "nin": {"lr": 0.02},
               "alexnet_cifar": {"lr": 0.02}, "resnet20": {"lr": 0.1}, "resnet20_a": {"lr": 0.1},
@@ -267,6 +274,49 @@ def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: in
     return model.to(dev).eval(), info
 
 
+@contextlib.contextmanager
+def _entry_lock(entry: Path, desc: str):
+    """Hold an exclusive ``flock`` on ``<entry>.lock`` beside the entry's folder.
+
+    One process trains an entry while the others wait (polling), then read what it wrote. The
+    kernel releases a flock when its process dies, so a killed trainer never blocks the next
+    one; the lock file stays (deleting it would race with a waiter). It holds the holder's pid,
+    for the message a waiter prints after ``LOCK_NOTICE_S`` seconds.
+    """
+    if fcntl is None:
+        warnings.warn(f"{desc}: no fcntl.flock on this platform; training without a lock", stacklevel=3)
+        yield
+        return
+    path = entry.with_name(entry.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            except OSError as exc:  # a file system without flock (some network mounts)
+                warnings.warn(f"{desc}: cannot lock {path} ({exc}); training without a lock", stacklevel=3)
+                break
+            waited = time.monotonic() - start
+            if not told and waited >= LOCK_NOTICE_S:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                print(f"{desc}: waiting for process {holder}, which is training this baseline (lock {path}); "
+                      f"its result will be read from the cache", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(0.2)
+        if told:
+            print(f"{desc}: waited {time.monotonic() - start:.0f} s for the lock", file=sys.stderr, flush=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
 def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
                    device="auto", cache_dir=None, data_root=None, progress: bool = True,
                    recipe: Recipe | None = None, limit: int | None = None, download: bool = False):
@@ -274,12 +324,24 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
 
     ``dataset`` is a name or an already loaded :class:`Dataset` (split as the recipe says).
     ``limit`` trains on the first ``limit`` training images only (part of the cache key).
+    Processes that ask for the same missing entry at once train it once: the first holds a lock
+    file beside the entry, the others wait for it and read its result.
     """
     cached = load_baseline(model_name, dataset, seed, epochs, device, cache_dir, recipe, limit)
     if cached is not None:
         return cached
     recipe, name, data = _resolve(model_name, dataset, seed, epochs, recipe, limit)
     dev = resolve_device(device)
+    entry = _entry_dir(cache_dir, model_name, name, seed, recipe)
+    with _entry_lock(entry, f"{model_name}/{name}/seed{seed}"):
+        cached = load_baseline(model_name, dataset, seed, epochs, dev, cache_dir, recipe, limit)
+        if cached is not None:  # another process trained it while this one waited
+            return cached
+        return _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root, download, progress)
+
+
+def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root, download, progress):
+    """Load the data if needed, train, write ``model.pt`` and ``info.json`` (the caller holds the lock)."""
     if data is None:
         data = load_dataset(name, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
                             device=dev, download=download, pad_to=recipe.pad_to)
@@ -307,7 +369,6 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
         "train_images": len(data.train_y),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    entry = _entry_dir(cache_dir, model_name, name, seed, recipe)
     entry.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(entry / "model.pt") as tmp, open(tmp, "wb") as fh:

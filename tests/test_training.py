@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch import nn
 import benchmarks
 from benchmarks import training
 from benchmarks.cli import main as cli_main
-from benchmarks.data import load_dataset
+from benchmarks.data import RawData, load_dataset, register_dataset
 from benchmarks.training import (cache_key, evaluate, load_baseline, recipe_for, resolve_device,
                                  train_baseline)
 from taxonomy.errors import PrunetaxError
@@ -221,10 +222,96 @@ def test_failed_write_leaves_no_temporary_file(mnist, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
         tiny(mnist, tmp_path)
-    entries = list((tmp_path / "baselines").iterdir())
+    entries = [e for e in (tmp_path / "baselines").iterdir() if e.is_dir()]
     assert len(entries) == 1 and os.listdir(entries[0]) == []
     monkeypatch.undo()
     assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+
+
+# --- one trainer per entry: the lock ------------------------------------------------------------
+
+def _train_in_process(role, cache, count_file, started, results):
+    """One of two processes asking for the same baseline; its _fit counts calls and dawdles."""
+    import contextlib
+    import io
+    torch.set_num_threads(1)
+    training.LOCK_NOTICE_S = 0.5
+    real_fit = training._fit
+
+    def fit(*args, **kwargs):
+        with open(count_file, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        started.set()
+        time.sleep(3)  # hold the lock until the other process is surely waiting for it
+        return real_fit(*args, **kwargs)
+
+    training._fit = fit
+
+    @register_dataset("_lock_test", channels=1)  # in this child process only; small, so quick to evaluate
+    def _noise(root, download):
+        gen = np.random.default_rng(0)
+        return RawData(gen.integers(0, 256, (400, 1, 28, 28), np.uint8), gen.integers(0, 10, 400),
+                       gen.integers(0, 256, (100, 1, 28, 28), np.uint8), gen.integers(0, 10, 100), 10)
+
+    if role == "second":
+        started.wait(60)
+    err, start = io.StringIO(), time.perf_counter()
+    with contextlib.redirect_stderr(err):
+        _, info = training.train_baseline("lenet5", "_lock_test", 0, device="cpu", cache_dir=cache, progress=False,
+                                          recipe=recipe_for("lenet5", "_lock_test", 1, eval_size=100))
+    results.put((role, info["cached"], info["path"], err.getvalue(), time.perf_counter() - start))
+
+
+def test_two_processes_train_one_entry_once(tmp_path):
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")  # no fork of a process with torch's thread pools
+    started, results, count = ctx.Event(), ctx.Queue(), tmp_path / "fits.txt"
+    procs = [ctx.Process(target=_train_in_process, args=(role, str(tmp_path), str(count), started, results))
+             for role in ("first", "second")]
+    for p in procs:
+        p.start()
+    try:
+        out = {r[0]: r[1:] for r in (results.get(timeout=120) for _ in procs)}
+    finally:
+        for p in procs:
+            p.join(30)
+    assert all(p.exitcode == 0 for p in procs)
+    assert len(count.read_text().splitlines()) == 1  # trained once
+    (cached1, path1, _, _), (cached2, path2, err2, wait2) = out["first"], out["second"]
+    assert cached1 is False and cached2 is True and path1 == path2
+    assert wait2 > 1.0 and "waiting for process" in err2 and ".lock" in err2
+    entry = os.path.dirname(path1)
+    assert os.path.exists(entry + ".lock") and sorted(os.listdir(entry)) == ["info.json", "model.pt"]
+
+
+def test_lock_of_a_killed_process_is_released(mnist, tmp_path, monkeypatch, capsys):
+    """A trainer killed while it holds the lock does not block the next one (the kernel drops it)."""
+    import threading
+    recipe = recipe_for("lenet5", "mnist", 1, limit=LIMIT)
+    lock = str(training._entry_dir(tmp_path, "lenet5", "mnist", 0, recipe)) + ".lock"
+    os.makedirs(os.path.dirname(lock))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, b'%d' % os.getpid()); print('locked', flush=True); time.sleep(60)"), lock],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(training, "LOCK_NOTICE_S", 0.2)
+        killer = threading.Timer(1.5, holder.kill)
+        killer.start()
+        start = time.perf_counter()
+        _, info = tiny(mnist, tmp_path)
+        waited = time.perf_counter() - start
+        killer.join()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert info["cached"] is False and waited > 1.4
+    err = capsys.readouterr().err
+    assert f"waiting for process {holder.pid}" in err and lock in err
+    _, again = tiny(mnist, tmp_path)  # the lock file left behind blocks nobody
+    assert again["cached"] is True
 
 
 # --- the train command ------------------------------------------------------------------------
