@@ -67,19 +67,26 @@ class Structure:
         self.remask: list[str] = remask  # fx nodes after which the mask is re-applied
         self.pads: dict[str, tuple[int, int]] = pads  # fx node -> channel padding (front, back)
         self.custom = custom  # fx node -> registered LayerRule
-        U = self.num_units
-        self._idx = {n: ((L.in_units % (U + 1)), (L.out_units % (U + 1))) for n, L in layers.items()}
         convs = [L for L in layers.values() if L.kind == "conv"]
         self.conv_channels: int = sum(L.out_channels for L in convs)
         self.conv_weights: int = sum(L.weights for L in convs)
         self.macs: int = sum(L.weights * L.out_spatial for L in layers.values())
         self._pairs = {n: _shared_pairs(L) for n, L in layers.items()}
+        self._device_cache: dict = {}   # index tensors per device (shared with restricted views)
+        self.conv_consumers: list[str] = [n for n, L in layers.items()
+                                          if L.kind == "conv" and bool((L.in_units >= 0).any())]
 
     def __repr__(self):
         return (f"Structure({len(self.layers)} layers, {len(self.producers)} producers, {self.num_units} units, "
                 f"conv_weights={self.conv_weights})")
 
     # -- vectorised counts ----------------------------------------------------------------------
+    # Every count is a few whole-tensor ops over all layers at once (no per-layer loop): each
+    # layer group (l, g) is a column of a [N, LG] table of active input / output channels, made
+    # by one gather and one index_add from the [N, U+1] activity table. The index tensors live
+    # on the device of ``keep`` (built once per device), so a pruning step on a GPU neither
+    # copies indices to the device nor launches per-layer kernels. Counts are sums of small
+    # integers in float64, exact whatever the summation order.
     def _active(self, keep: torch.Tensor):
         keep = torch.as_tensor(keep)
         if keep.shape[-1] != self.num_units:
@@ -88,38 +95,94 @@ class Structure:
         a = keep.reshape(-1, self.num_units).to(torch.float64)
         return torch.cat([a, a.new_ones(a.shape[0], 1)], 1), lead
 
-    def _group_counts(self, A, name):
-        L = self.layers[name]
-        i, o = self._idx[name]
-        i, o = i.to(A.device), o.to(A.device)
-        act_in, act_out = A.index_select(1, i), A.index_select(1, o)
-        G = L.groups
-        return act_in, act_out, act_in.view(len(A), G, -1).sum(-1), act_out.view(len(A), G, -1).sum(-1)
+    def device_index(self, units: torch.Tensor, device) -> torch.Tensor:
+        """``units`` (a layer's in/out unit ids, -1 = fixed) as columns of the [., U+1] activity
+        table (-1 -> the last, always-active column), on ``device``; cached per tensor and device."""
+        key = (id(units), str(device))
+        hit = self._device_cache.get(key)
+        if hit is None or hit[0] is not units:
+            hit = (units, (units % (self.num_units + 1)).to(device))
+            self._device_cache[key] = hit
+        return hit[1]
 
-    def _sum_layers(self, keep, kinds, per_layer):
+    def _count_index(self, device) -> dict:
+        """The concatenated per-channel indices of every layer, on ``device`` (cached)."""
+        key = ("counts", str(device))
+        if key not in self._device_cache:
+            U1 = self.num_units + 1
+            cin, gin, kin, cout, gout, kout = [], [], [], [], [], []
+            conv_w, all_w, macs, conv_ch = [], [], [], []
+            pj, pp, pu, pk = [], [], [], []
+            row, in_off, out_off = 0, 0, 0
+            for name, L in self.layers.items():
+                G = L.groups
+                ipg, opg = L.in_channels // G, L.out_channels // G
+                cin.append(L.in_units % U1)
+                gin.append(row + torch.arange(L.in_channels, device="cpu") // ipg)
+                kin.append(torch.full((L.in_channels,), float(L.kernel), dtype=torch.float64, device="cpu"))
+                cout.append(L.out_units % U1)
+                gout.append(row + torch.arange(L.out_channels, device="cpu") // opg)
+                kout.append(torch.full((L.out_channels,), float(L.kernel), dtype=torch.float64, device="cpu"))
+                conv = 1.0 if L.kind == "conv" else 0.0
+                conv_w += [conv * L.kernel] * G
+                all_w += [float(L.kernel)] * G
+                macs += [float(L.kernel * L.out_spatial)] * G
+                conv_ch += [conv] * G
+                pairs = self._pairs[name]
+                if pairs is not None:
+                    j, q, u = pairs
+                    pj.append(in_off + j)
+                    pp.append(out_off + q)
+                    pu.append(u % U1)
+                    pk.append(torch.full((len(u),), float(L.kernel), dtype=torch.float64, device="cpu"))
+                row += G
+                in_off += L.in_channels
+                out_off += L.out_channels
+            f64 = dict(dtype=torch.float64, device="cpu")
+            cat = (lambda xs, **kw: torch.cat(xs) if xs else torch.zeros(0, **kw))
+            idx = dict(cin=torch.cat(cin), gin=torch.cat(gin), kin=torch.cat(kin), cout=torch.cat(cout),
+                       gout=torch.cat(gout), kout=torch.cat(kout),
+                       coef=torch.tensor([conv_w, all_w, macs, conv_ch], **f64).T.contiguous(),   # [LG, 4]
+                       pj=cat(pj, dtype=torch.long, device="cpu"), pp=cat(pp, dtype=torch.long, device="cpu"),
+                       pu=cat(pu, dtype=torch.long, device="cpu"), pk=cat(pk, **f64))
+            idx = {k: v.to(device) for k, v in idx.items()}
+            idx["LG"] = row
+            self._device_cache[key] = idx
+        return self._device_cache[key]
+
+    def _group_table(self, A: torch.Tensor):
+        """Per-channel activity (inputs, outputs) and per-(layer, group) active counts [N, LG]."""
+        ix = self._count_index(A.device)
+        act_in, act_out = A.index_select(1, ix["cin"]), A.index_select(1, ix["cout"])
+        a_in = A.new_zeros(len(A), ix["LG"]).index_add_(1, ix["gin"], act_in)
+        a_out = A.new_zeros(len(A), ix["LG"]).index_add_(1, ix["gout"], act_out)
+        return ix, act_in, act_out, a_in, a_out
+
+    def counts(self, keep) -> torch.Tensor:
+        """float64 [..., 4]: conv weights, conv+linear weights, MACs per image and conv output
+        channels still present; one batched computation for all four."""
         A, lead = self._active(keep)
-        total = A.new_zeros(len(A))
-        for name, L in self.layers.items():
-            if L.kind in kinds:
-                _, _, a_in, a_out = self._group_counts(A, name)
-                total = total + per_layer(L, a_in, a_out)
-        return total.round().long().reshape(lead)
+        ix, _, _, a_in, a_out = self._group_table(A)
+        both = torch.cat([a_in * a_out, a_out], 0) @ ix["coef"]            # [2N, 4]
+        N = len(A)
+        out = torch.cat([both[:N, :3], both[N:, 3:]], 1)
+        return out.reshape(*lead, 4)
 
     def conv_weights_active(self, keep) -> torch.Tensor:
         """Σ_conv k·active(in)·active(out) per group (the pruning rate's denominator), shape [...]."""
-        return self._sum_layers(keep, ("conv",), lambda L, a, b: L.kernel * (a * b).sum(-1))
+        return self.counts(keep)[..., 0].round().long()
 
     def weights_active(self, keep) -> torch.Tensor:
         """Conv and linear weights still present (no biases), shape [...]."""
-        return self._sum_layers(keep, ("conv", "linear"), lambda L, a, b: L.kernel * (a * b).sum(-1))
+        return self.counts(keep)[..., 1].round().long()
 
     def macs_active(self, keep) -> torch.Tensor:
         """Multiply-accumulates of conv and linear layers per image, shape [...]."""
-        return self._sum_layers(keep, ("conv", "linear"), lambda L, a, b: L.kernel * L.out_spatial * (a * b).sum(-1))
+        return self.counts(keep)[..., 2].round().long()
 
     def channels_active(self, keep) -> torch.Tensor:
         """Conv output channels still present, shape [...]."""
-        return self._sum_layers(keep, ("conv",), lambda L, a, b: b.sum(-1))
+        return self.counts(keep)[..., 3].round().long()
 
     def weights_removed(self, keep) -> torch.Tensor:
         """For each unit, the conv+linear weights removed with it if it were removed now, [..., num_units].
@@ -129,17 +192,12 @@ class Structure:
         """
         A, lead = self._active(keep)
         U = self.num_units
+        ix, act_in, act_out, a_in, a_out = self._group_table(A)
         out = A.new_zeros(len(A), U + 1)
-        for name, L in self.layers.items():
-            i, o = (t.to(A.device) for t in self._idx[name])
-            act_in, act_out, a_in, a_out = self._group_counts(A, name)
-            ipg, opg = L.in_channels // L.groups, L.out_channels // L.groups
-            out.index_add_(1, i, L.kernel * act_in * a_out.repeat_interleave(ipg, 1))
-            out.index_add_(1, o, L.kernel * act_out * a_in.repeat_interleave(opg, 1))
-            pairs = self._pairs[name]
-            if pairs is not None:
-                j, p, u = (t.to(A.device) for t in pairs)
-                out.index_add_(1, u, -L.kernel * act_in.index_select(1, j) * act_out.index_select(1, p))
+        out.index_add_(1, ix["cin"], ix["kin"] * act_in * a_out.index_select(1, ix["gin"]))
+        out.index_add_(1, ix["cout"], ix["kout"] * act_out * a_in.index_select(1, ix["gout"]))
+        if len(ix["pu"]):
+            out.index_add_(1, ix["pu"], -ix["pk"] * act_in.index_select(1, ix["pj"]) * act_out.index_select(1, ix["pp"]))
         return out[:, :U].round().long().reshape(*lead, U)
 
     def restricted(self, kinds=("conv",)) -> "Structure":
