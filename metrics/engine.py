@@ -41,7 +41,7 @@ def plan(structure, specs: list[MetricSpec]) -> Needs:
     """Which signals the specs need on this network."""
     needs = Needs()
     producers = structure.producers
-    conv_consumers = [n for n, L in structure.layers.items() if L.kind == "conv" and bool((L.in_units >= 0).any())]
+    conv_consumers = structure.conv_consumers
     for s in specs:
         kernel("pointwise", s.pointwise)  # raises for a component without a kernel
         nd = NEEDS[s.pointwise]
@@ -96,8 +96,7 @@ class Accumulator:
 
     def _site_keys(self) -> dict:
         """(name, base, pointwise, aggregation, consumer) -> reductions needed, for every spec."""
-        conv_consumers = [n for n, L in self.st.layers.items()
-                          if L.kind == "conv" and bool((L.in_units >= 0).any())]
+        conv_consumers = self.st.conv_consumers
         sites: dict[tuple, set] = {}
         for s in self.specs:
             names = [(p, False) for p in self.st.producers]
@@ -304,7 +303,7 @@ class Accumulator:
         """``units`` as column indices into [K, U+1] (removed-layer id -1 -> the last column), cached."""
         key = id(units)
         if key not in self._index:
-            self._index[key] = (units, (units % (self.U + 1)).to(self.active.device))
+            self._index[key] = (units, self.st.device_index(units, self.active.device))
         return self._index[key][1]
 
     def act_of(self, units: torch.Tensor) -> torch.Tensor:
@@ -404,21 +403,21 @@ def channel_saliency(ctx: Accumulator, spec: MetricSpec) -> dict[str, torch.Tens
         tot = torch.zeros(K, U + 1, dtype=torch.float64, device=dev)
         cnt = torch.zeros(K, U + 1, dtype=torch.float64, device=dev) if n is not None else None
         for p in producers:
-            u = (st.layers[p].out_units % (U + 1)).to(dev)
+            u = st.device_index(st.layers[p].out_units, dev)
             tot.index_add_(1, u, s[p])
             if cnt is not None:
                 cnt.index_add_(1, u, n[p])
         if spec.structure == "domino_io":
             for name, L in st.layers.items():
-                if L.kind != "conv" or not bool((L.in_units >= 0).any()):
+                if name not in st.conv_consumers:
                     continue
-                u = (L.in_units % (U + 1)).to(dev)
+                u = st.device_index(L.in_units, dev)
                 tot.index_add_(1, u, ctx.reduced(name, spec, True))
                 if cnt is not None:
                     cnt.index_add_(1, u, ctx.counts(name, spec.base_input, True))
         tot[:, U] = 0
-        D = {p: tot[:, st.layers[p].out_units % (U + 1)] for p in producers}
-        E = {p: cnt[:, st.layers[p].out_units % (U + 1)] for p in producers} if cnt is not None else None
+        D = {p: tot[:, st.device_index(st.layers[p].out_units, dev)] for p in producers}
+        E = {p: cnt[:, st.device_index(st.layers[p].out_units, dev)] for p in producers} if cnt is not None else None
     out = {}
     wr = ctx.weights_removed() if spec.scaling == "weights_removed" else None
     for p in producers:
@@ -434,7 +433,7 @@ def channel_saliency(ctx: Accumulator, spec: MetricSpec) -> dict[str, torch.Tens
         elif spec.scaling == "layer_l2":
             div = torch.where(kept, d * d, 0).sum(1, keepdim=True).sqrt().expand_as(d)
         elif spec.scaling == "weights_removed":
-            div = wr[:, L.out_units % (U + 1)]
+            div = wr[:, ctx.unit_index(L.out_units)]
         else:
             raise PrunetaxError(f"no engine support for scaling {spec.scaling!r}")
         div = torch.where(div == 0, torch.ones_like(div), div)
@@ -449,8 +448,32 @@ def unit_saliency(structure, channel_values: dict[str, torch.Tensor], K: int) ->
     dev = next(iter(channel_values.values())).device
     out = torch.full((K, U + 1), float("inf"), dtype=torch.float64, device=dev)
     for p, v in channel_values.items():
-        u = (structure.layers[p].out_units % (U + 1)).to(dev)
+        u = structure.device_index(structure.layers[p].out_units, dev)
         out.scatter_reduce_(1, u.expand(K, -1), v, reduce="amin", include_self=True)
+    return out[:, :U]
+
+
+def row_unit_saliency(acc: Accumulator, values: dict, row_metrics: list) -> torch.Tensor:
+    """Unit saliency [K, U] of trajectory row k under its own metric ``row_metrics[k]``.
+
+    ``values`` is ``finalize(acc)``. The same as ``unit_saliency`` of each row under its metric,
+    but one gather and one scatter for all rows, whatever the number of metrics and producers.
+    """
+    lay = _layout(acc)
+    K, U, dev = acc.K, acc.U, acc.active.device
+    if len(row_metrics) != K:
+        raise PrunetaxError(f"row_metrics has {len(row_metrics)} entries for {K} trajectories")
+    rows = torch.arange(K, device=dev)
+    v, pos = acc._index.get("values", (None, {}))
+    if all(m in pos for m in row_metrics):          # specs: rows of the finalize tensor [S, K, C]
+        V = v[torch.tensor([pos[m] for m in row_metrics], device=dev), rows]
+    else:
+        metrics = list(dict.fromkeys(row_metrics))
+        mi = {m: i for i, m in enumerate(metrics)}
+        V = torch.stack([torch.cat([values[m][p] for p in lay["producers"]], 1) for m in metrics])
+        V = V[torch.tensor([mi[m] for m in row_metrics], device=dev), rows]
+    out = torch.full((K, U + 1), float("inf"), dtype=torch.float64, device=dev)
+    out.scatter_reduce_(1, lay["u_all"].expand(K, -1), V, reduce="amin", include_self=True)
     return out[:, :U]
 
 
@@ -466,7 +489,7 @@ def _layout(acc: Accumulator) -> dict:
         offsets = [0]
         for c in sizes:
             offsets.append(offsets[-1] + c)
-        consumers = [n for n, L in st.layers.items() if L.kind == "conv" and bool((L.in_units >= 0).any())]
+        consumers = st.conv_consumers
         acc._index["layout"] = dict(producers=producers, sizes=sizes, offsets=offsets, u_all=u_all, p_all=p_all,
                                     kept=acc.active[:, u_all] > 0, consumers=consumers)
     return acc._index["layout"]
@@ -524,7 +547,7 @@ def channel_saliencies(acc: Accumulator, specs: list[MetricSpec]) -> dict:
             continue
         if scaling == "elements":
             groups: dict = {}
-            for i in idx.tolist():
+            for i in (i for i, s in enumerate(specs) if s.scaling == scaling):
                 groups.setdefault((specs[i].base_input, specs[i].structure), []).append(i)
             for (base, structure), rows in groups.items():
                 div[torch.tensor(rows, device=dev)] = _element_counts(acc, base, structure)
@@ -540,6 +563,7 @@ def channel_saliencies(acc: Accumulator, specs: list[MetricSpec]) -> dict:
     div = torch.where(div == 0, torch.ones_like(div), div)
     v = D / div
     v = torch.where(kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
+    acc._index["values"] = (v, {s: i for i, s in enumerate(specs)})   # for row_unit_saliency
     return {s: {p: v[i, :, offsets[j]:offsets[j + 1]] for j, p in enumerate(producers)} for i, s in enumerate(specs)}
 
 

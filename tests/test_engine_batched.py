@@ -21,7 +21,7 @@ import reference_saliency as R  # noqa: E402  (only its test networks)
 
 from enumerate import metric_space  # noqa: E402
 from metrics import MaskedModel, analyze, saliencies  # noqa: E402
-from metrics.engine import Accumulator, finalize, nonfinite_count, unit_saliency  # noqa: E402
+from metrics.engine import Accumulator, finalize, nonfinite_count, row_unit_saliency, unit_saliency  # noqa: E402
 from metrics.signals import collect  # noqa: E402
 from taxonomy import parse_metric  # noqa: E402
 
@@ -88,6 +88,23 @@ def test_k_trajectories_equal_separate_calls(net):
                 assert_same(values[m][p][k], single.values[m][p][0], f"{net} k={k} {m} {p}")
             assert int(nf[m][k]) == single.nonfinite[m.id], f"{m} k={k}"
             assert_same(unit_saliency(st, values[m], K)[k], single.unit_saliency(m), f"units {m} k={k}")
+
+
+@pytest.mark.parametrize("net", list(NETS))
+def test_each_row_under_its_own_metric_in_one_scatter(net):
+    """row_unit_saliency (the harness's one gather + one scatter) equals unit_saliency per row."""
+    model, st, x, y, metrics = make(net)
+    K = 4
+    keep = keeps(st, K, seed=2)
+    exprs = [parse_metric("weight-value-l1-none + activation-value-l1-elements"),
+             parse_metric("0.5 * weight-value-l2-none + activation-taylor-abs_sum-elements-domino_io")]
+    specs = [m for m in metrics if hasattr(m, "structure")]
+    for row_metrics in ([specs[0], specs[300], specs[300], specs[-1]],               # specs only
+                        [exprs[0], specs[5], exprs[-1], specs[900]]):               # with expressions
+        acc, values = batched(model, st, x, y, list(dict.fromkeys(row_metrics)), keep)
+        got = row_unit_saliency(acc, values, row_metrics)
+        for k, m in enumerate(row_metrics):
+            assert_same(got[k], unit_saliency(st, values[m], K)[k], f"{net} row {k} {m}")
 
 
 @pytest.mark.parametrize("net", ["grouped", "resnet"])
