@@ -18,7 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
-from metrics.engine import Accumulator, finalize, unit_saliency
+from metrics.engine import Accumulator, finalize, row_unit_saliency
 from metrics.signals import Signals, collect
 from taxonomy.errors import PrunetaxError
 from taxonomy.expr import MetricExpr, parse_metric
@@ -74,9 +74,14 @@ def resolve_metrics(texts, structure) -> list[Trajectory]:
 
 
 class _Pruner:
-    def __init__(self, model, structure, masked, data, protocol: Protocol, seed: int, device):
+    def __init__(self, model, structure, masked, data, protocol: Protocol, seed: int, device, evaluator=None):
         self.model, self.st, self.masked, self.p = model, structure, masked, protocol
         self.device, self.seed = device, seed
+        if evaluator not in (None, "slim", "masked"):
+            raise PrunetaxError(f"unknown evaluator {evaluator!r}; use 'slim', 'masked' or None (by device)")
+        # how test passes run (the results are the same): K masks in one batched pass of the masked
+        # network (GPU), or each mask's physically slimmed network (CPU, compute-bound)
+        self.batched_eval = (evaluator or ("slim" if device.type == "cpu" else "masked")) == "masked"
         self.eval_x, self.eval_y = data.eval_x, data.eval_y
         self.test_x, self.test_y = data.test_x, data.test_y
         if protocol.test_images:
@@ -92,8 +97,8 @@ class _Pruner:
             self.members[i].index_add_(0, u[u >= 0].to(device), torch.ones(int((u >= 0).sum()), device=device))
         self.scored = self.members.sum(0) > 0              # units with a scored (pruned) member
         full = torch.ones(1, U, dtype=torch.bool, device=device)
-        self.initial = (structure.conv_weights_active(full).item(), structure.channels_active(full).item(),
-                        structure.macs_active(full).item())
+        c = structure.counts(full)[0].tolist()
+        self.initial = (c[0], c[3], c[2])                  # conv weights, conv channels, MACs
         self.max_layer_weights = max(L.out_channels * L.in_channels * L.kernel // L.groups
                                      for L in structure.layers.values())
 
@@ -105,13 +110,17 @@ class _Pruner:
         ok = ((m[None] == 0) | (kept[:, :, None] - m[None] > 0)).all(1)   # [K, U]
         return keep & ok & self.scored
 
-    def rates(self, keep: torch.Tensor) -> list[tuple]:
-        conv = self.st.conv_weights_active(keep).double()
-        ch = self.st.channels_active(keep).double()
-        macs = self.st.macs_active(keep).double()
+    def rates(self, keep: torch.Tensor, with_left: bool = False):
+        """(conv %, channels %, MACs %) removed for each row of ``keep``; with ``with_left`` also
+        whether each row has a removable unit left (one device-to-host transfer for both)."""
+        c = self.st.counts(keep)                                          # [K, 4], exact integers
+        cols = [c[:, 0], c[:, 3], c[:, 2]]
+        if with_left:
+            cols.append(self.removable(keep).any(1).to(torch.float64))
+        rows = torch.stack(cols, 1).tolist()
         c0, h0, m0 = self.initial
-        return [(100 * (1 - c / c0), 100 * (1 - h / h0), 100 * (1 - m / m0))
-                for c, h, m in zip(conv.tolist(), ch.tolist(), macs.tolist())]
+        out = [(100 * (1 - r[0] / c0), 100 * (1 - r[1] / h0), 100 * (1 - r[2] / m0)) for r in rows]
+        return (out, [r[3] > 0 for r in rows]) if with_left else out
 
     # -- batched forwards -----------------------------------------------------------------------
     @torch.no_grad()
@@ -121,8 +130,9 @@ class _Pruner:
         On a GPU: batched passes of the masked network (K masks at once). On a CPU, where the
         test passes are compute-bound, each row's physically slimmed network instead, which
         costs only the MACs that remain (``slim`` equals masking; tests/test_masking.py).
+        ``evaluator=`` of :func:`prune` picks one explicitly.
         """
-        if self.device.type == "cpu":
+        if not self.batched_eval:
             from benchmarks.training import evaluate
             from metrics import slim
 
@@ -165,7 +175,7 @@ class _Pruner:
             if n == 0:
                 raise PrunetaxError("the eval split is empty: saliency metrics need held-out eval images")
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-            idx = torch.randperm(len(self.eval_y), generator=gen)[:n].to(self.eval_y.device)
+            idx = torch.randperm(len(self.eval_y), generator=gen, device="cpu")[:n].to(self.eval_y.device)
             self._images = (step, self.eval_x[idx], self.eval_y[idx])
         return self._images[1:]
 
@@ -186,7 +196,7 @@ class _Pruner:
             nd = acc.needs
             if not (nd.act or nd.act_in or nd.weight or nd.bn or nd.grad or nd.lm):
                 acc.add(Signals(), 1)              # weight values alone: no pass over images
-                self._take(values=finalize(acc), idx=idx, metrics=metrics, out=out)
+                self._take(acc, values=finalize(acc), idx=idx, metrics=metrics, out=out)
                 continue
             chunk = N
             if acc.needs.weight:
@@ -195,18 +205,13 @@ class _Pruner:
                 xb, yb = x[i:i + chunk], y[i:i + chunk]
                 rep = (G, *([1] * (xb.dim() - 1)))
                 acc.add(collect(self.masked, xb.repeat(rep), yb.repeat(G), acc.needs), len(yb))
-            self._take(values=finalize(acc), idx=idx, metrics=metrics, out=out)
+            self._take(acc, values=finalize(acc), idx=idx, metrics=metrics, out=out)
         return out
 
-    def _take(self, values, idx, metrics, out) -> None:
+    def _take(self, acc, values, idx, metrics, out) -> None:
         """Unit saliencies of the group's rows, each trajectory under its own metric."""
-        rows_of: dict = {}
-        for row, k in enumerate(idx):
-            rows_of.setdefault(metrics[k], []).append(row)
-        for m, rows in rows_of.items():
-            r = torch.tensor(rows, device=self.device)
-            per_layer = {p: v.index_select(0, r) for p, v in values[m].items()}
-            out[[idx[row] for row in rows]] = unit_saliency(self.st, per_layer, len(rows)).to(out.device)
+        rows = row_unit_saliency(acc, values, [metrics[k] for k in idx])
+        out[torch.tensor(idx, device=out.device)] = rows.to(out.device)
 
 
 def _crossing(traj: Trajectory, target: float):
@@ -226,15 +231,17 @@ def _crossing(traj: Trajectory, target: float):
 
 
 def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
-          baseline_accuracy: float, progress=None, retrain=None) -> list[Trajectory]:
+          baseline_accuracy: float, progress=None, retrain=None, evaluator=None) -> list[Trajectory]:
     """Run every metric's trajectory to its crossing; returns the trajectories.
 
     ``retrain(keep_row)`` (used by the characterise/retrain modes) runs after every step.
+    ``evaluator``: ``"masked"`` (K masks per batched pass; the default on GPU), ``"slim"`` (each
+    mask's slimmed network; the default on CPU) or None. Both give the same accuracies.
     """
     if retrain is None and protocol.mode != "none":
         return _prune_retraining(model, structure, masked, data, metrics_texts, protocol, seed, device,
                                  baseline_accuracy, progress)
-    pr = _Pruner(model, structure, masked, data, protocol, seed, device)
+    pr = _Pruner(model, structure, masked, data, protocol, seed, device, evaluator)
     trajs = resolve_metrics(metrics_texts, structure)
     drop = protocol.threshold * (baseline_accuracy / 100.0 if protocol.relative else 1.0)
     target = baseline_accuracy - drop
@@ -254,7 +261,8 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
     pending = [k for k in range(K)]
     while pending:
         step += 1
-        rem = pr.removable(keep[pending])
+        P = torch.tensor(pending, device=device)
+        rem = pr.removable(keep[P])
         choose = torch.full((len(pending), pr.U), float("inf"), dtype=torch.float64, device=device)
         metric_rows = [(i, k) for i, k in enumerate(pending) if active[k].metric not in REFERENCES]
         need_sal = [(i, k) for i, k in metric_rows if not (protocol.one_shot and active[k].order is not None)]
@@ -262,40 +270,49 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
             x, y = pr.saliency_images(step)
             sal = pr.unit_saliencies([active[k].run_metric for _, k in need_sal],
                                      keep[[k for _, k in need_sal]], x, y)
-            for j, (i, k) in enumerate(need_sal):
-                if protocol.one_shot:             # rank once: position in the baseline's order
+            if protocol.one_shot:                 # rank once: position in the baseline's order
+                for j, (i, k) in enumerate(need_sal):
                     order = torch.argsort(sal[j], stable=True)
                     active[k].order = torch.empty_like(sal[j]).scatter_(
                         0, order, torch.arange(pr.U, dtype=sal.dtype, device=device))
-                else:
-                    choose[i] = sal[j]
+            else:
+                choose[torch.tensor([i for i, _ in need_sal], device=device)] = sal
         for i, k in enumerate(pending):
             t = active[k]
             if t.metric == "random":
-                choose[i] = torch.rand(pr.U, generator=gen, dtype=torch.float64).to(device)
+                choose[i] = torch.rand(pr.U, generator=gen, dtype=torch.float64, device="cpu").to(device)
             elif t.metric == "oracle":
                 choose[i] = _oracle_scores(pr, keep[k], rem[i], step, gen)
             elif protocol.one_shot:
                 choose[i] = t.order
         choose = torch.where(rem, choose, torch.full_like(choose, float("inf")))
+        # every pending trajectory removes its units_per_step lowest-scored removable units, all
+        # trajectories at once; the chosen ids reach the host in one transfer per step
+        rows = torch.arange(len(pending), device=device)
+        picks = []
+        for _ in range(protocol.units_per_step):
+            ok = pr.removable(keep[P])                                   # [n, U]
+            score = torch.where(ok, choose, torch.full_like(choose, float("inf")))
+            # argmin takes the lowest unit id on ties; a row with no finite score takes its first
+            # removable unit; a row with none removes nothing (-1)
+            u = torch.where(torch.isfinite(score).any(1), score.argmin(1), ok.to(torch.uint8).argmax(1))
+            u = torch.where(ok.any(1), u, -1)
+            hit = u >= 0
+            uc = u.clamp(min=0)
+            keep[P, uc] = keep[P, uc] & ~hit
+            choose[rows, uc] = torch.where(hit, float("inf"), choose[rows, uc])
+            picks.append(u)
+        picked = torch.stack(picks, 1).tolist()                           # [n, units_per_step]
         for i, k in enumerate(pending):
-            for _ in range(protocol.units_per_step):
-                ok = pr.removable(keep[k:k + 1])[0]
-                if not bool(ok.any()):
-                    break
-                row = torch.where(ok, choose[i], torch.full_like(choose[i], float("inf")))
-                u = int(torch.argmin(row)) if bool(torch.isfinite(row).any()) else int(torch.nonzero(ok)[0])
-                keep[k, u] = False                    # argmin takes the lowest unit id on ties
-                active[k].removed.append(u)
-                choose[i, u] = float("inf")
+            active[k].removed.extend(v for v in picked[i] if v >= 0)
             active[k].step_end.append(len(active[k].removed))
         if retrain is not None:
             for k in pending:
                 retrain(keep[k])
-        for (k, r) in zip(pending, pr.rates(keep[pending])):
+        rates, left = pr.rates(keep[P], with_left=True)
+        for k, r in zip(pending, rates):
             active[k].rates.append(r)
         # schedule
-        left = pr.removable(keep[pending]).any(1).tolist()
         exhausted = {k for k, more in zip(pending, left) if not more}
         due = [k for k in pending if step % stride == 0 or k in exhausted]
         if due:
@@ -331,7 +348,7 @@ def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float) -
     masks = torch.ones(len(inner), pr.U, dtype=torch.bool, device=pr.device)
     for row, s in enumerate(inner):
         masks[row, t.removed[: t.step_end[s]]] = False
-    if pr.device.type == "cpu":   # one row at a time anyway: scan left to right, stop at the first crossing
+    if not pr.batched_eval:   # one row at a time anyway: scan left to right, stop at the first crossing
         for row, s in enumerate(inner):
             t.accuracy[s] = pr.accuracy(masks[row:row + 1])[0]
             if t.accuracy[s] < target:
@@ -346,7 +363,7 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
     cand = torch.nonzero(rem_row).flatten()
     n = pr.p.oracle_candidates or 32
     if len(cand) > n:
-        cand = cand[torch.randperm(len(cand), generator=gen)[:n].to(cand.device)]
+        cand = cand[torch.randperm(len(cand), generator=gen, device="cpu")[:n].to(cand.device)]
     masks = keep_row[None].repeat(len(cand), 1)
     masks[torch.arange(len(cand)), cand] = False
     x, y = pr.saliency_images(step)
@@ -464,7 +481,7 @@ def _prune_retraining(model, structure, masked, data, metrics_texts, protocol, s
             mm.set_keep(keep_row[None])
             steps = p.retrain_steps if p.mode == "retrain" else max(p.retrain_steps, 50)
             for _ in range(steps):
-                idx = torch.randint(len(data.train_y), (p.batch_size,), generator=gen).to(data.train_y.device)
+                idx = torch.randint(len(data.train_y), (p.batch_size,), generator=gen, device="cpu").to(data.train_y.device)
                 with torch.enable_grad():
                     logits = mm(data.train_x[idx])
                     loss = F.cross_entropy(logits, data.train_y[idx])

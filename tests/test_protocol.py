@@ -30,10 +30,10 @@ def trained(tmp_path_factory):
     return model, full.restricted(("conv",)), small, base, MaskedModel(model, full)
 
 
-def _run(trained, metrics, **proto):
+def _run(trained, metrics, evaluator=None, **proto):
     model, st, data, base, masked = trained
     p = Protocol(**{"saliency_batches": 1, "batch_size": 16, "threshold": 5.0, **proto})
-    trajs = prune(model, st, masked, data, metrics, p, 0, torch.device("cpu"), base)
+    trajs = prune(model, st, masked, data, metrics, p, 0, torch.device("cpu"), base, evaluator=evaluator)
     return {t.name: t for t in trajs}, base
 
 
@@ -131,3 +131,32 @@ def test_retrain_mode_trains_a_copy_and_with_zero_steps_equals_no_retraining(tra
     p2 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, mode="retrain", retrain_steps=2)
     prune(model, st, masked, data, ["weight-value-l1-none"], p2, 0, torch.device("cpu"), base)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the baseline is untouched
+
+
+@pytest.mark.parametrize("schedule", ["exact", "fast"])
+def test_gpu_code_path_equals_cpu_code_path(trained, schedule):
+    """evaluator="masked" (the GPU's batched test passes, whole brackets in one pass) run here on
+    the CPU gives the trajectories and accuracies of the slimmed-network evaluator."""
+    slim_run, _ = _run(trained, METRICS, schedule=schedule, evaluator="slim", threshold=2.0)
+    masked_run, _ = _run(trained, METRICS, schedule=schedule, evaluator="masked", threshold=2.0)
+    for m in METRICS:
+        a, b = slim_run[m], masked_run[m]
+        assert a.removed == b.removed and a.step_end == b.step_end, m
+        if schedule == "exact":
+            assert set(a.accuracy) == set(b.accuracy), m
+        for s in set(a.accuracy) & set(b.accuracy):
+            assert a.accuracy[s] == pytest.approx(b.accuracy[s], abs=1e-9), (m, s)
+
+
+def test_a_step_costs_a_constant_number_of_host_syncs_and_no_host_tensors(trained):
+    """On the GPU code path a step needs at most 3 device-to-host transfers (the units removed;
+    the rates with 'anything left'; the accuracies), however many trajectories run, and no
+    tensor is created on the host by accident (a factory without device=)."""
+    from benchmarks.perf.audit import Audit
+
+    metrics = METRICS + ["weight-value-l1-none", "activation-taylor-abs_sum-weights_removed-domino_io"]
+    with Audit(op_sites=False) as a:
+        run, _ = _run(trained, metrics, schedule="exact", evaluator="masked", threshold=2.0)
+    steps = max(len(t.step_end) - 1 for t in run.values())
+    assert a.factory_count == 0, a.factories
+    assert steps > 5 and a.sync_count <= 3 * steps + 10, (steps, a.syncs.most_common(8))

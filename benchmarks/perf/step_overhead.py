@@ -1,0 +1,130 @@
+"""Host syncs and kernel launches per pruning step, counted on any device (no GPU needed).
+
+    python -m benchmarks.perf.step_overhead                                # lenet5, 13 metrics
+    python -m benchmarks.perf.step_overhead --model resnet20 --metrics paper --steps 2
+
+On a GPU a step of the harness pays, besides its FLOPs, a few microseconds of CPU per aten op
+(kernel launch) and a pipeline drain per host sync (``.item()``, ``bool(t)``, ``.tolist()``,
+boolean-mask indexing...). Both are exact counts, the same on a CPU as on a GPU for the same
+code path, so they can be measured and reduced here. The harness runs with the GPU's code path
+(``evaluator="masked"``: K masks per batched test pass) on randomly initialised weights, with the
+threshold out of reach so that no trajectory stops early, for ``--steps`` steps after one
+warm-up step; the script prints the counts per step and their call sites, and the CPU wall time
+of a step (which on a CPU is mostly arithmetic, not overhead).
+Last line: ``syncs/step: S ops/step: O device-less factories/step: F``.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from types import SimpleNamespace
+
+import torch
+
+
+class _Stop(Exception):
+    pass
+
+
+def build(model_name: str, dataset: str, test_images: int, eval_images: int, seed: int, device):
+    """A randomly initialised zoo model, its structure and masked copy, and a small data set."""
+    from benchmarks.data import load_dataset
+    from benchmarks.models import create_model
+    from metrics import MaskedModel, analyze
+
+    data = load_dataset(dataset, eval_size=max(eval_images, 1), seed=0, device=device)
+    torch.manual_seed(seed)
+    model = create_model(model_name, in_channels=data.test_x.shape[1], num_classes=data.num_classes,
+                         input_size=data.test_x.shape[-1]).to(device).eval()
+    for m in model.modules():          # random BatchNorm statistics, as a trained net would have
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    small = SimpleNamespace(eval_x=data.eval_x[:eval_images], eval_y=data.eval_y[:eval_images],
+                            test_x=data.test_x[:test_images], test_y=data.test_y[:test_images])
+    full = analyze(model, small.test_x[:1])
+    return model, full.restricted(("conv",)), MaskedModel(model, full), small
+
+
+def run_steps(model, st, masked, data, metrics, protocol, device, steps: int, evaluator: str, audit=None):
+    """Run the harness for ``steps`` steps (plus one warm-up step outside ``audit``)."""
+    from benchmarks.protocol import prune
+    import contextlib
+
+    state = {"step": 0, "t": None}
+
+    def progress(step, pending, K):
+        if step == 1 and audit is not None:          # step 1 warms up caches; count from step 2
+            state["cm"] = audit.__enter__()
+            state["t"] = time.perf_counter()
+        if step == steps + 1:
+            raise _Stop
+    try:
+        prune(model, st, masked, data, metrics, protocol, 0, device, 100.0, progress=progress,
+              evaluator=evaluator)
+    except _Stop:
+        pass
+    finally:
+        if audit is not None and "cm" in state:
+            audit.__exit__(None, None, None)
+    return time.perf_counter() - state["t"] if state["t"] else float("nan")
+
+
+def main(argv=None) -> int:
+    from benchmarks.cell import Protocol
+    from benchmarks.perf.audit import Audit
+    from benchmarks.perf.gpu_cell import resolve_metric_list
+    from benchmarks.protocol import resolve_metrics
+    from benchmarks.training import resolve_device
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--dataset", default="mnist")
+    ap.add_argument("--metrics", default="quick", help="a preset, 'quick' (grids/quick.toml's 13), ids, or a glob")
+    ap.add_argument("--steps", type=int, default=3, help="steps counted (after one warm-up step)")
+    ap.add_argument("--schedule", default="exact", choices=("exact", "fast"))
+    ap.add_argument("--evaluator", default="masked", choices=("masked", "slim"))
+    ap.add_argument("--test-images", type=int, default=500)
+    ap.add_argument("--batch-size", type=int, default=64, help="saliency images per batch (1 batch per step)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--top", type=int, default=15, help="call sites listed")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    text = args.metrics
+    if text == "quick":
+        import tomllib
+        from pathlib import Path
+        grid = tomllib.loads((Path(__file__).resolve().parents[2] / "grids" / "quick.toml").read_text())
+        text = ",".join(grid["metrics"])
+    model, st, masked, data = build(args.model, args.dataset, args.test_images, 4 * args.batch_size, 0, dev)
+    metrics = [t.name for t in resolve_metrics(resolve_metric_list(text), st)]
+    proto = Protocol(schedule=args.schedule, saliency_batches=1, batch_size=args.batch_size, threshold=99.0,
+                     test_images=args.test_images)
+    print(f"# step_overhead: {args.model} / {args.dataset} (random weights), {len(metrics)} metrics, "
+          f"{st.num_units} units, schedule {args.schedule}, evaluator {args.evaluator}, "
+          f"{args.batch_size} saliency images, {len(data.test_y)} test images; device {dev} "
+          f"({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}", flush=True)
+    audit = Audit()
+    wall = run_steps(model, st, masked, data, metrics, proto, dev, args.steps, args.evaluator, audit)
+    n = args.steps
+    print(f"per step (mean of {n} steps after a warm-up step): {audit.sync_count / n:.1f} host syncs, "
+          f"{audit.ops / n:.0f} aten ops, {audit.factory_count / n:.1f} device-less factory calls, "
+          f"{wall / n:.2f} s wall on this device")
+    print("host syncs per step, by call site:")
+    print("\n".join(audit.by_site(audit.syncs, n, args.top)) or "  none")
+    print("aten ops per step, by call site:")
+    print("\n".join(audit.by_site(audit.op_sites, n, args.top)))
+    print("device-less factory calls per step, by call site:")
+    print("\n".join(audit.by_site(audit.factories, n, args.top)) or "  none")
+    print(f"syncs/step: {audit.sync_count / n:.1f} ops/step: {audit.ops / n:.0f} "
+          f"device-less factories/step: {audit.factory_count / n:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
