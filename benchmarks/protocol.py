@@ -365,7 +365,7 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
     if len(cand) > n:
         cand = cand[torch.randperm(len(cand), generator=gen, device="cpu")[:n].to(cand.device)]
     masks = keep_row[None].repeat(len(cand), 1)
-    masks[torch.arange(len(cand)), cand] = False
+    masks[torch.arange(len(cand), device=cand.device), cand] = False
     x, y = pr.saliency_images(step)
     loss = pr.losses(masks, x, y)
     scores = torch.full((pr.U,), float("inf"), dtype=torch.float64, device=pr.device)

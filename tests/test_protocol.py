@@ -160,3 +160,9 @@ def test_a_step_costs_a_constant_number_of_host_syncs_and_no_host_tensors(traine
     steps = max(len(t.step_end) - 1 for t in run.values())
     assert a.factory_count == 0, a.factories
     assert steps > 5 and a.sync_count <= 3 * steps + 10, (steps, a.syncs.most_common(8))
+    with Audit(op_sites=False) as a:                  # the oracle and one-shot paths: no host tensors
+        _run(trained, ["oracle", "weight-value-l1-none"], schedule="fast", evaluator="masked", threshold=2.0,
+             oracle_candidates=4)
+        _run(trained, ["activation-taylor-abs_sum-elements"], schedule="fast", evaluator="masked", threshold=2.0,
+             one_shot=True)
+    assert a.factory_count == 0, a.factories
