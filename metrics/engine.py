@@ -6,6 +6,8 @@ its pointwise tensor, and all metrics share one forward/backward pass.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from metrics.kernels import NEEDS, STAT_OF, fast_pointwise, fast_reduction, from_stat, kernel, pointwise_stats
@@ -17,7 +19,8 @@ from taxonomy.spec import MetricSpec
 _BN = ("bn_weight", "bn_bias")
 # per-image weight gradients (and activation chunks) are processed this many bytes of one layer at
 # a time per tensor: bounded memory, and temporaries that stay in cache (1-4 MiB measured best on CPU)
-WEIGHT_CHUNK_BYTES = 2 * 2**20
+WEIGHT_CHUNK_BYTES = 2 * 2**20         # per temporary tensor on a CPU: sized for its caches
+GPU_WEIGHT_CHUNK_BYTES = 256 * 2**20   # on a GPU: big enough that a chunk is a few large kernels
 
 
 def as_metrics(specs) -> list[MetricSpec | MetricExpr]:
@@ -92,7 +95,7 @@ class Accumulator:
         self._sites = self._site_keys()
         self._fast = None
         self._index: dict = {}
-        self.chunk_bytes = WEIGHT_CHUNK_BYTES
+        self.chunk_bytes = WEIGHT_CHUNK_BYTES if device.type == "cpu" else GPU_WEIGHT_CHUNK_BYTES
 
     def _site_keys(self) -> dict:
         """(name, base, pointwise, aggregation, consumer) -> reductions needed, for every spec."""
@@ -244,31 +247,28 @@ class Accumulator:
                     else:
                         bufs[(role, key)][kidx, rows] = r
 
-        for k in range(self.K):
-            x = Wm[k]
-            if const:
-                st = pointwise_stats(x, None, None, const, reduce)
-                bst = pointwise_stats(bias[:, None], None, None, {p: want_b[p] for p in const if p in want_b},
-                                      one) if want_b else None
-                store(k, None, st, bst)
+        # every trajectory at once: weights [K, 1, O, I/G, k] against per-image gradients [K, n, ...]
+        if const:
+            st = pointwise_stats(Wm, None, None, const, reduce)
+            bst = pointwise_stats(bias[:, None], None, None, {p: want_b[p] for p in const if p in want_b},
+                                  one) if want_b else None
+            store(slice(None), None, st, bst)
         if varying:
-            chunk = self.weight_chunk(O * Ig * kk * Wm.element_size())
+            chunk = self.weight_chunk(self.K * O * Ig * kk * Wm.element_size())
             grads = self.sig.weight_grad
-            for k in range(self.K):
-                x = Wm[k]
-                for b0 in range(0, self.B, chunk):
-                    b1 = min(self.B, b0 + chunk)
-                    g, gb, h, hb = grads.rows(name, slice(k * self.B + b0, k * self.B + b1), h=need_h)
-                    n = b1 - b0
-                    g = g.view(n, O, Ig, kk) if need_g else None
-                    h = h.view(n, O, Ig, kk) if h is not None else None
-                    st = pointwise_stats(x, g, h, varying, reduce)
-                    bst = None
-                    vb = {p: want_b[p] for p in varying if p in want_b}
-                    if vb:
-                        bst = pointwise_stats(bias[:, None], gb[..., None], None if hb is None else hb[..., None],
-                                              vb, one)
-                    store(k, slice(b0, b1), st, bst)
+            vb = {p: want_b[p] for p in varying if p in want_b}
+            for b0 in range(0, self.B, chunk):
+                b1 = min(self.B, b0 + chunk)
+                n = b1 - b0
+                g, gb, h, hb = grads.block(name, self.K, self.B, b0, b1, h=need_h)
+                g = g.view(self.K, n, O, Ig, kk) if need_g else None
+                h = h.view(self.K, n, O, Ig, kk) if h is not None else None
+                st = pointwise_stats(Wm[:, None], g, h, varying, reduce)
+                bst = None
+                if vb:
+                    bst = pointwise_stats(bias[:, None], gb.view(self.K, n, O, 1),
+                                          None if hb is None else hb.view(self.K, n, O, 1), vb, one)
+                store(slice(None), slice(b0, b1), st, bst)
         out: dict = {c: {} for c in roles_order}
         for (role, key), buf in bufs.items():
             out[role][key] = buf
@@ -563,8 +563,34 @@ def channel_saliencies(acc: Accumulator, specs: list[MetricSpec]) -> dict:
     div = torch.where(div == 0, torch.ones_like(div), div)
     v = D / div
     v = torch.where(kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
-    acc._index["values"] = (v, {s: i for i, s in enumerate(specs)})   # for row_unit_saliency
-    return {s: {p: v[i, :, offsets[j]:offsets[j + 1]] for j, p in enumerate(producers)} for i, s in enumerate(specs)}
+    pos = {s: i for i, s in enumerate(specs)}
+    acc._index["values"] = (v, pos)                                    # for row_unit_saliency
+    return LazyValues(pos, lambda s: {p: v[pos[s], :, offsets[j]:offsets[j + 1]] for j, p in enumerate(producers)})
+
+
+class LazyValues(Mapping):
+    """A read-only mapping whose values are made on first access (and kept): the per-producer
+    views of hundreds of specs cost host time that the harness, reading the whole tensor, skips."""
+
+    def __init__(self, keys, make):
+        self._keys = list(dict.fromkeys(keys))
+        self._set, self._make, self._done = set(self._keys), make, {}
+
+    def __getitem__(self, key):
+        if key not in self._done:
+            if key not in self._set:
+                raise KeyError(key)
+            self._done[key] = self._make(key)
+        return self._done[key]
+
+    def __contains__(self, key):
+        return key in self._set
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
 
 
 def _element_counts(acc: Accumulator, base: str, structure: str) -> torch.Tensor:
@@ -591,7 +617,6 @@ def finalize(acc: Accumulator) -> dict:
     out = {}
     for m in acc.metrics:
         if isinstance(m, MetricSpec):
-            out[m] = leaves[m]
             continue
         vals = {}
         for p in st.producers:
@@ -599,7 +624,7 @@ def finalize(acc: Accumulator) -> dict:
             kept = acc.act_of(st.layers[p].out_units) > 0
             vals[p] = torch.where(kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
         out[m] = vals
-    return out
+    return LazyValues(acc.metrics, lambda m: out[m] if m in out else leaves[m])
 
 
 def nonfinite_count(values: dict[str, torch.Tensor], acc: Accumulator) -> torch.Tensor:

@@ -62,6 +62,16 @@ class WeightGrads(Mapping):
         return _weight_grads(module, L, x_in[rows], g_out[rows],
                              h_out[rows] if (h and h_out is not None) else None)
 
+    def block(self, name, K: int, B: int, b0: int, b1: int, h: bool = True):
+        """Images ``b0:b1`` of each of the K trajectories (rows ``k*B + b0 .. k*B + b1``, k-major)."""
+        module, L, x_in, g_out, h_out = self.io[name]
+
+        def sel(t):
+            if t is None or (b0 == 0 and b1 == B):
+                return t
+            return t.reshape(K, B, *t.shape[1:])[:, b0:b1].reshape(K * (b1 - b0), *t.shape[1:])
+        return _weight_grads(module, L, sel(x_in), sel(g_out), sel(h_out) if h else None)
+
     def __iter__(self):
         return iter(self.io)
 
