@@ -12,7 +12,9 @@ step's overhead can be measured and reduced without a GPU.
   __int__, __float__, __index__, numpy, cpu, nonzero, argwhere, masked_select, unique,
   torch.equal, allclose, one-argument where, tensor repeats of repeat_interleave, indexing
   with a boolean tensor), each with its call site in prunetax's own code;
-- ``ops``: aten operators dispatched (forward and backward), the kernel-launch count;
+- ``ops``: aten operators dispatched (forward and backward) that compute something, the
+  kernel-launch count (views, reshapes of contiguous tensors and detach are counted apart, in
+  ``views``: they launch no kernel);
 - ``factories``: tensor factory calls (zeros, ones, full, arange, tensor, rand, randperm, ...)
   made from prunetax's own code without a ``device`` argument. In a CUDA run each one makes a
   CPU tensor: an error when it meets a CUDA tensor, or a host-to-device copy when moved.
@@ -93,27 +95,36 @@ class _Functions(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_METADATA = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_stride.int, torch.ops.aten.sym_numel.default,
+             torch.ops.aten.sym_storage_offset.default, torch.ops.aten.is_same_size.default,
+             torch.ops.aten.detach.default}
+
+
 class _Ops(TorchDispatchMode):
     def __init__(self, audit: "Audit"):
         super().__init__()
         self.audit = audit
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.audit.ops += 1
-        if self.audit.op_sites is not None:
-            self.audit.op_sites[(_site(), "ops")] += 1
+        if getattr(func, "is_view", False) or func in _METADATA:
+            self.audit.views += 1          # aliases and metadata: no kernel is launched
+        else:
+            self.audit.ops += 1
+            if self.audit.op_sites is not None:
+                self.audit.op_sites[(_site(), "ops")] += 1
         return func(*args, **(kwargs or {}))
 
 
 class Audit:
     """``with Audit() as a: ...``; then ``a.syncs``, ``a.factories``, ``a.op_sites`` (Counters
-    keyed by (site, what)), ``a.ops`` (int)."""
+    keyed by (site, what)), ``a.ops`` and ``a.views`` (ints)."""
 
     def __init__(self, count_ops: bool = True, count_cpu_copies: bool = True, op_sites: bool = True):
         self.syncs: Counter = Counter()
         self.op_sites: Counter | None = Counter() if op_sites else None
         self.factories: Counter = Counter()
         self.ops = 0
+        self.views = 0
         self.count_ops = count_ops
         self.count_cpu_copies = count_cpu_copies
         self._modes = []

@@ -8,10 +8,12 @@ On a GPU a step of the harness pays, besides its FLOPs, a few microseconds of CP
 boolean-mask indexing...). Both are exact counts, the same on a CPU as on a GPU for the same
 code path, so they can be measured and reduced here. The harness runs with the GPU's code path
 (``evaluator="masked"``: K masks per batched test pass) on randomly initialised weights, with the
-threshold out of reach so that no trajectory stops early, for ``--steps`` steps after one
+threshold out of reach (baseline 0 %) so that no trajectory stops early, for ``--steps`` steps after one
 warm-up step; the script prints the counts per step and their call sites, and the CPU wall time
-of a step (which on a CPU is mostly arithmetic, not overhead).
-Last line: ``syncs/step: S ops/step: O device-less factories/step: F``.
+of a step (which on a CPU is mostly arithmetic, not overhead). A second run of the same steps on
+one saliency image and one test image gives the *host floor*: the seconds per step spent in
+Python and op dispatch, which a GPU cannot remove (it only adds launch latency on top).
+Last line: ``syncs/step: S ops/step: O device-less factories/step: F host floor s/step: H``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,16 @@ import torch
 
 class _Stop(Exception):
     pass
+
+
+class _Timer:
+    """Stands in for an Audit where only the wall time of the steps is wanted."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def build(model_name: str, dataset: str, test_images: int, eval_images: int, seed: int, device):
@@ -63,7 +75,7 @@ def run_steps(model, st, masked, data, metrics, protocol, device, steps: int, ev
         if step == steps + 1:
             raise _Stop
     try:
-        prune(model, st, masked, data, metrics, protocol, 0, device, 100.0, progress=progress,
+        prune(model, st, masked, data, metrics, protocol, 0, device, 0.0, progress=progress,
               evaluator=evaluator)
     except _Stop:
         pass
@@ -92,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=15, help="call sites listed")
+    ap.add_argument("--no-host-floor", dest="host_floor", action="store_false",
+                    help="skip the second run on one image (the host's time per step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
@@ -113,7 +127,7 @@ def main(argv=None) -> int:
     wall = run_steps(model, st, masked, data, metrics, proto, dev, args.steps, args.evaluator, audit)
     n = args.steps
     print(f"per step (mean of {n} steps after a warm-up step): {audit.sync_count / n:.1f} host syncs, "
-          f"{audit.ops / n:.0f} aten ops, {audit.factory_count / n:.1f} device-less factory calls, "
+          f"{audit.ops / n:.0f} aten ops (+ {audit.views / n:.0f} views), {audit.factory_count / n:.1f} device-less factory calls, "
           f"{wall / n:.2f} s wall on this device")
     print("host syncs per step, by call site:")
     print("\n".join(audit.by_site(audit.syncs, n, args.top)) or "  none")
@@ -121,8 +135,17 @@ def main(argv=None) -> int:
     print("\n".join(audit.by_site(audit.op_sites, n, args.top)))
     print("device-less factory calls per step, by call site:")
     print("\n".join(audit.by_site(audit.factories, n, args.top)) or "  none")
+    floor = float("nan")
+    if args.host_floor:
+        # the same steps on one saliency image and one test image, unaudited: what is left is
+        # the host's work per step (Python, op dispatch), a floor no faster device removes
+        tiny = SimpleNamespace(eval_x=data.eval_x[:1], eval_y=data.eval_y[:1], test_x=data.test_x[:1],
+                               test_y=data.test_y[:1])
+        p1 = Protocol(schedule=args.schedule, saliency_batches=1, batch_size=1, threshold=99.0, test_images=1)
+        floor = run_steps(model, st, masked, tiny, metrics, p1, dev, n, args.evaluator, _Timer()) / n
+        print(f"host floor: {floor:.3f} s per step with 1 saliency image and 1 test image (no audit)")
     print(f"syncs/step: {audit.sync_count / n:.1f} ops/step: {audit.ops / n:.0f} "
-          f"device-less factories/step: {audit.factory_count / n:.1f}")
+          f"device-less factories/step: {audit.factory_count / n:.1f} host floor s/step: {floor:.3f}")
     return 0
 
 
