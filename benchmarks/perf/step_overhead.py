@@ -104,11 +104,17 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top", type=int, default=15, help="call sites listed")
+    ap.add_argument("--cpu-chunks", action="store_true",
+                    help="keep the CPU's small per-image chunks (by default the counts use the GPU's chunk "
+                         "size, metrics.engine.GPU_WEIGHT_CHUNK_BYTES, as a GPU run would)")
     ap.add_argument("--no-host-floor", dest="host_floor", action="store_false",
                     help="skip the second run on one image (the host's time per step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
+    if not args.cpu_chunks:
+        import metrics.engine as E
+        E.WEIGHT_CHUNK_BYTES = E.GPU_WEIGHT_CHUNK_BYTES
     text = args.metrics
     if text == "quick":
         import tomllib
@@ -121,7 +127,8 @@ def main(argv=None) -> int:
                      test_images=args.test_images)
     print(f"# step_overhead: {args.model} / {args.dataset} (random weights), {len(metrics)} metrics, "
           f"{st.num_units} units, schedule {args.schedule}, evaluator {args.evaluator}, "
-          f"{args.batch_size} saliency images, {len(data.test_y)} test images; device {dev} "
+          f"{args.batch_size} saliency images, {len(data.test_y)} test images, "
+          f"{'CPU' if args.cpu_chunks else 'GPU'} chunk sizes; device {dev} "
           f"({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}", flush=True)
     audit = Audit()
     wall = run_steps(model, st, masked, data, metrics, proto, dev, args.steps, args.evaluator, audit)
