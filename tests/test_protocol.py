@@ -166,3 +166,22 @@ def test_a_step_costs_a_constant_number_of_host_syncs_and_no_host_tensors(traine
         _run(trained, ["activation-taylor-abs_sum-elements"], schedule="fast", evaluator="masked", threshold=2.0,
              one_shot=True)
     assert a.factory_count == 0, a.factories
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run in a GPU session: docs/gpu.md)")
+def test_cuda_run_equals_cpu_run(trained):
+    """The whole harness on a GPU (float64, so no TF32 rounding) removes the same units and
+    measures the same accuracies as on the CPU."""
+    model, st, data, base, masked = trained
+    cpu, _ = _run(trained, METRICS, schedule="fast", evaluator="masked")
+    dev = torch.device("cuda")
+    gmodel = copy.deepcopy(model).to(dev)
+    gdata = SimpleNamespace(**{k: v.to(dev) for k, v in vars(data).items()})
+    full = analyze(gmodel, gdata.test_x[:1])
+    p = Protocol(saliency_batches=1, batch_size=16, threshold=5.0, schedule="fast")
+    gpu = {t.name: t for t in prune(gmodel, full.restricted(("conv",)), MaskedModel(gmodel, full), gdata, METRICS,
+                                    p, 0, dev, base)}
+    for m in METRICS:
+        assert gpu[m].removed == cpu[m].removed, m
+        for s in cpu[m].accuracy:
+            assert gpu[m].accuracy.get(s, cpu[m].accuracy[s]) == pytest.approx(cpu[m].accuracy[s], abs=1e-9), (m, s)
