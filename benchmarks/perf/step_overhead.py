@@ -11,9 +11,11 @@ code path, so they can be measured and reduced here. The harness runs with the G
 threshold out of reach (baseline 0 %) so that no trajectory stops early, for ``--steps`` steps after one
 warm-up step; the script prints the counts per step and their call sites, and the CPU wall time
 of a step (which on a CPU is mostly arithmetic, not overhead). A second run of the same steps on
-one saliency image and one test image gives the *host floor*: the seconds per step spent in
-Python and op dispatch, which a GPU cannot remove (it only adds launch latency on top).
-Last line: ``syncs/step: S ops/step: O device-less factories/step: F host floor s/step: H``.
+one saliency image and one test image, under torch.profiler, gives the *host Python time* per
+step: wall time minus the time inside top-level aten operators, which a faster device cannot
+remove (an upper bound: the profiler adds a little per operator). On a GPU a step costs at least that plus a few
+microseconds of launch per op.
+Last line: ``syncs/step: S ops/step: O device-less factories/step: F host Python s/step: H``.
 """
 from __future__ import annotations
 
@@ -29,13 +31,18 @@ class _Stop(Exception):
     pass
 
 
-class _Timer:
-    """Stands in for an Audit where only the wall time of the steps is wanted."""
+class _Profiled:
+    """Stands in for an Audit: runs the counted steps under torch.profiler (CPU activity)."""
 
     def __enter__(self):
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.prof.__enter__()
+        self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        self.prof.__exit__(*exc)
         return False
 
 
@@ -108,7 +115,7 @@ def main(argv=None) -> int:
                     help="keep the CPU's small per-image chunks (by default the counts use the GPU's chunk "
                          "size, metrics.engine.GPU_WEIGHT_CHUNK_BYTES, as a GPU run would)")
     ap.add_argument("--no-host-floor", dest="host_floor", action="store_false",
-                    help="skip the second run on one image (the host's time per step)")
+                    help="skip the second, profiled run on one image (the host's Python time per step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
@@ -144,15 +151,22 @@ def main(argv=None) -> int:
     print("\n".join(audit.by_site(audit.factories, n, args.top)) or "  none")
     floor = float("nan")
     if args.host_floor:
-        # the same steps on one saliency image and one test image, unaudited: what is left is
-        # the host's work per step (Python, op dispatch), a floor no faster device removes
+        # the host's own work per step: the same steps on one saliency image and one test image
+        # under torch.profiler; the wall time minus the time inside top-level aten operators
+        # (their dispatch and arithmetic) is the Python around them: building the passes,
+        # dictionaries, loops over layers and metrics. No faster device removes it; profiling
+        # adds a little per operator, so it is an upper bound.
         tiny = SimpleNamespace(eval_x=data.eval_x[:1], eval_y=data.eval_y[:1], test_x=data.test_x[:1],
                                test_y=data.test_y[:1])
         p1 = Protocol(schedule=args.schedule, saliency_batches=1, batch_size=1, threshold=99.0, test_images=1)
-        floor = run_steps(model, st, masked, tiny, metrics, p1, dev, n, args.evaluator, _Timer()) / n
-        print(f"host floor: {floor:.3f} s per step with 1 saliency image and 1 test image (no audit)")
+        prof = _Profiled()
+        run_steps(model, st, masked, tiny, metrics, p1, dev, n, args.evaluator, prof)
+        inside = sum(e.cpu_time_total for e in prof.prof.events() if e.cpu_parent is None) / 1e6
+        floor = (prof.wall - inside) / n
+        print(f"host Python per step: {floor:.3f} s (torch.profiler, 1 saliency image and 1 test image: "
+              f"{prof.wall / n:.3f} s wall, {inside / n:.3f} s inside aten operators)")
     print(f"syncs/step: {audit.sync_count / n:.1f} ops/step: {audit.ops / n:.0f} "
-          f"device-less factories/step: {audit.factory_count / n:.1f} host floor s/step: {floor:.3f}")
+          f"device-less factories/step: {audit.factory_count / n:.1f} host Python s/step: {floor:.3f}")
     return 0
 
 
