@@ -50,14 +50,14 @@ def _is_bool_index(idx) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
 
 
-def _site(depth: int = 2, own_only: bool = False) -> str | None:
+def _site(depth: int = 2, own_only: bool = False, roots: tuple = PACKAGES) -> str | None:
     """file:line of the nearest caller in prunetax's code (None if ``own_only`` and the direct
     caller is not prunetax's)."""
     f = sys._getframe(depth)
     first = True
     while f is not None:
         fn = f.f_code.co_filename
-        if fn.startswith(PACKAGES) and os.path.abspath(fn) != _SELF:
+        if fn.startswith(roots) and os.path.abspath(fn) != _SELF:
             return f"{os.path.relpath(fn, ROOT)}:{f.f_lineno}"
         if own_only and first:
             return None
@@ -78,18 +78,18 @@ class _Functions(TorchFunctionMode):
             if func in (_T.cpu,) and args and args[0].device.type == "cpu" and not a.count_cpu_copies:
                 pass
             else:
-                a.syncs[(_site(), getattr(func, "__name__", str(func)))] += 1
+                a.syncs[(_site(roots=a.roots), getattr(func, "__name__", str(func)))] += 1
         elif func is torch.where and len(args) + len(kwargs) == 1:
-            a.syncs[(_site(), "where(cond)")] += 1
+            a.syncs[(_site(roots=a.roots), "where(cond)")] += 1
         elif func in (_T.repeat_interleave, torch.repeat_interleave) and len(args) > 1 \
                 and isinstance(args[1], torch.Tensor) and args[1].numel() > 1 and "output_size" not in kwargs:
-            a.syncs[(_site(), "repeat_interleave(tensor)")] += 1
+            a.syncs[(_site(roots=a.roots), "repeat_interleave(tensor)")] += 1
         elif func in (_T.__getitem__, _T.__setitem__, _T.index_put_, _T.index_put) and len(args) > 1 \
                 and _is_bool_index(args[1]):
-            a.syncs[(_site(), f"{func.__name__}[bool]")] += 1
+            a.syncs[(_site(roots=a.roots), f"{func.__name__}[bool]")] += 1
         elif func in FACTORIES and "device" not in kwargs:
             if not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor)):
-                site = _site(own_only=True)
+                site = _site(own_only=True, roots=a.roots)
                 if site is not None:
                     a.factories[(site, func.__name__)] += 1
         return func(*args, **kwargs)
@@ -111,7 +111,7 @@ class _Ops(TorchDispatchMode):
         else:
             self.audit.ops += 1
             if self.audit.op_sites is not None:
-                self.audit.op_sites[(_site(), "ops")] += 1
+                self.audit.op_sites[(_site(roots=self.audit.roots), "ops")] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -119,7 +119,9 @@ class Audit:
     """``with Audit() as a: ...``; then ``a.syncs``, ``a.factories``, ``a.op_sites`` (Counters
     keyed by (site, what)), ``a.ops`` and ``a.views`` (ints)."""
 
-    def __init__(self, count_ops: bool = True, count_cpu_copies: bool = True, op_sites: bool = True):
+    def __init__(self, count_ops: bool = True, count_cpu_copies: bool = True, op_sites: bool = True,
+                 roots: tuple = PACKAGES):
+        self.roots = tuple(roots)       # folders whose code counts as "own" (call sites, factories)
         self.syncs: Counter = Counter()
         self.op_sites: Counter | None = Counter() if op_sites else None
         self.factories: Counter = Counter()
