@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import torch
 
-from metrics.kernels import NEEDS, STAT_OF, fast_pointwise, fast_reduction, from_stat, kernel, pointwise_stats
+from metrics.kernels import NEEDS, STAT_OF, fast_pointwise, fast_reduction, kernel, pointwise_stats
 from metrics.signals import Needs, Signals, collect
 from taxonomy.errors import PrunetaxError
 from taxonomy.expr import MetricExpr, parse_metric
@@ -139,11 +139,25 @@ class Accumulator:
             else:
                 stats = self._element_stats(name, base, roles)
             for consumer, want in roles.items():
+                # every (pointwise, reduction) of the site in one stacked tensor: one cast, one
+                # abs and one square for the reductions made from the per-image sum, one sum
+                # over the images (a statistic with one row, e.g. of weights alone, counts B times)
+                by_rows: dict = {}
                 for pw, reductions in want.items():
                     for red in reductions:
-                        r = from_stat(red, stats[consumer][(pw, STAT_OF[red])]).to(torch.float64)
-                        total = r.sum(1) if r.shape[1] == self.B else r[:, 0] * self.B
-                        self._accumulate((name, base, pw, "per_image", consumer, red), total)
+                        stat = stats[consumer][(pw, STAT_OF[red])]
+                        by_rows.setdefault(stat.shape[1] == self.B, []).append((pw, red, stat))
+                for per_image, items in by_rows.items():
+                    # abs_sum rows, then sqr_sum rows, each a contiguous slice made in place
+                    items.sort(key=lambda it: {"abs_sum": 1, "sqr_sum": 2}.get(it[1], 0))
+                    T = torch.stack([t for _, _, t in items]).to(torch.float64)     # [M, K, B or 1, C]
+                    for op, name_ in (("abs_", "abs_sum"), ("square_", "sqr_sum")):
+                        rows = [i for i, (_, red, _) in enumerate(items) if red == name_]
+                        if rows:
+                            getattr(T[rows[0]:rows[-1] + 1], op)()
+                    totals = T.sum(2) if per_image else T[:, :, 0] * self.B
+                    for i, (pw, red, _) in enumerate(items):
+                        self._accumulate((name, base, pw, "per_image", consumer, red), totals[i])
         self.n += images_per_trajectory
         self.sig = None
 
@@ -290,6 +304,20 @@ class Accumulator:
         if spec.aggregation == "batch":
             return kernel("reduction", spec.reduction)(self.sums[base] / self.n).to(torch.float64)
         return self.sums[base + (spec.reduction,)] / self.n
+
+    def summed(self, name: str, spec: MetricSpec, consumer: bool) -> torch.Tensor:
+        """``reduced`` times the image count for per-image aggregation (the running sum itself,
+        so that many sites are divided by n in one operation), ``reduced`` for batch aggregation."""
+        if spec.aggregation == "batch":
+            return self.reduced(name, spec, consumer)
+        if self.n == 0:
+            raise PrunetaxError("no images: give at least one saliency batch")
+        return self.sums[(name, spec.base_input, spec.pointwise, spec.aggregation, consumer, spec.reduction)]
+
+    def per_image_divisor(self, specs: list) -> torch.Tensor:
+        """[len(specs), 1, 1]: n for per-image specs, 1 for batch ones (turns ``summed`` into ``reduced``)."""
+        return torch.tensor([1.0 if s.aggregation == "batch" else float(self.n) for s in specs],
+                            dtype=torch.float64, device=self.active.device)[:, None, None]
 
     # -- active-channel masks and element counts ---------------------------------------------------
     def weights_removed(self) -> torch.Tensor:
@@ -507,7 +535,8 @@ def channel_saliencies(acc: Accumulator, specs: list[MetricSpec]) -> dict:
     kidx = {k: i for i, k in enumerate(keys)}
     spec_of = {k: next(s for s in specs if (s.base_input, s.pointwise, s.aggregation, s.reduction) == k)
                for k in keys}
-    S = torch.stack([torch.cat([acc.reduced(p, spec_of[k], False) for p in producers], 1) for k in keys])  # [M,K,C]
+    S = torch.stack([torch.cat([acc.summed(p, spec_of[k], False) for p in producers], 1) for k in keys])  # [M,K,C]
+    S = S / acc.per_image_divisor([spec_of[k] for k in keys])
     cands = {"channel": S}
     io_keys = [k for k in keys if any(s.structure == "domino_io" and
                                       (s.base_input, s.pointwise, s.aggregation, s.reduction) == k for s in specs)]
@@ -517,9 +546,10 @@ def channel_saliencies(acc: Accumulator, specs: list[MetricSpec]) -> dict:
         if io_keys:
             sel = torch.tensor([kidx[k] for k in io_keys], device=dev)
             tot_io = tot.index_select(0, sel)
+            io_div = acc.per_image_divisor([spec_of[k] for k in io_keys])
             for name in lay["consumers"]:
                 u = acc.unit_index(acc.st.layers[name].in_units)
-                tot_io.index_add_(2, u, torch.stack([acc.reduced(name, spec_of[k], True) for k in io_keys]))
+                tot_io.index_add_(2, u, torch.stack([acc.summed(name, spec_of[k], True) for k in io_keys]) / io_div)
             tot_io[..., U] = 0
             cands["domino_io"] = tot_io[..., u_all]
         tot[..., U] = 0

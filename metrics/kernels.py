@@ -123,15 +123,6 @@ def fast_reduction(name: str) -> bool:
     return name in STAT_OF and REDUCTIONS.get(name) is BUILTIN_REDUCTIONS[name]
 
 
-def from_stat(reduction: str, s: torch.Tensor) -> torch.Tensor:
-    """A reduction from its statistic: abs_sum and sqr_sum from the per-image sum."""
-    if reduction == "abs_sum":
-        return s.abs()
-    if reduction == "sqr_sum":
-        return s * s
-    return s
-
-
 def pointwise_stats(x, g, h, want: dict, reduce) -> dict:
     """The statistics ``sum`` (Σf), ``l1`` (Σ|f|), ``l2`` (Σf²) of several built-in pointwise
     functions f of the same elements, sharing the work: ``x*g`` once for taylor, hessian_gn and
