@@ -154,11 +154,27 @@ def cifar10_quick(in_channels=3, num_classes=10, input_size=32):
     )
 
 
+def _he_init(model: nn.Module, mode: str) -> list[nn.Module]:
+    """He et al. (2015) normal initialisation with the ReLU gain for every convolution and linear
+    layer (``mode`` fan_in or fan_out), biases zero; returns those layers in order.
+
+    For the deep networks without BatchNorm (NIN, AlexNet): under PyTorch's default
+    (``kaiming_uniform(a=sqrt(5))``, variance 1/(3 fan_in)) every ReLU layer shrinks the signal,
+    and after eight or nine layers the logits hardly depend on the image, so SGD stays at chance.
+    docs/data.md gives the measurements.
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers:
+        nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+        nn.init.zeros_(m.bias)
+    return layers
+
+
 @register_model
 def nin(in_channels=3, num_classes=10, input_size=32):
     """Network in Network (Caffe CIFAR): three mlpconv blocks, global average pooling."""
     _check_size("nin", input_size, 4)
-    return nn.Sequential(
+    model = nn.Sequential(
         *_conv_relu(in_channels, 192, 5, 2), *_conv_relu(192, 160, 1), *_conv_relu(160, 96, 1),
         nn.MaxPool2d(3, 2, ceil_mode=True), nn.Dropout(0.5),
         *_conv_relu(96, 192, 5, 2), *_conv_relu(192, 192, 1), *_conv_relu(192, 192, 1),
@@ -166,6 +182,11 @@ def nin(in_channels=3, num_classes=10, input_size=32):
         *_conv_relu(192, 192, 3, 1), *_conv_relu(192, 192, 1), *_conv_relu(192, num_classes, 1),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
     )
+    # The class maps pass a ReLU before the global average (as in NIN's Caffe model): once
+    # every class's ReLU is off, the logits are all 0, the loss is ln(classes) and no gradient
+    # flows. Their bias starts at 1, so every class map starts on (softmax ignores the offset).
+    nn.init.constant_(_he_init(model, "fan_out")[-1].bias, 1.0)
+    return model
 
 
 @register_model
@@ -173,7 +194,7 @@ def alexnet_cifar(in_channels=3, num_classes=10, input_size=32):
     """AlexNet for CIFAR (authors' Caffe model): 5 convs, grouped as in Caffe, 3 fully connected."""
     _check_size("alexnet_cifar", input_size, 3)
     s = _conv_out(_conv_out(input_size - 2, 3, 2, ceil=True), 3, 2, ceil=True)
-    return nn.Sequential(
+    model = nn.Sequential(
         *_conv_relu(in_channels, 96, 3),
         *_conv_relu(96, 256, 5, 2, groups=2), nn.MaxPool2d(3, 2, ceil_mode=True),
         *_conv_relu(256, 384, 3, 1),
@@ -184,6 +205,10 @@ def alexnet_cifar(in_channels=3, num_classes=10, input_size=32):
         nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
         nn.Linear(4096, num_classes),
     )
+    # He init for the layers a ReLU follows; the classifier starts near zero (std 0.001), so the
+    # first logits are about equal and the first SGD steps do not blow up (docs/data.md).
+    nn.init.normal_(_he_init(model, "fan_in")[-1].weight, 0.0, 0.001)
+    return model
 
 
 # --- CIFAR ResNets (He et al. 2016, section 4.2): 3 stages x n basic blocks, 16/32/64 channels

@@ -100,3 +100,19 @@ def test_bad_sizes_and_registration():
     assert "_test_tiny" not in list_models()
     with pytest.raises(PrunetaxError, match="not registered"):
         unregister_model("_test_tiny")
+
+
+def test_deep_networks_without_batchnorm_keep_the_signal_at_init():
+    """He init (docs/data.md): under PyTorch's default the logits of NIN (std across images 1e-5)
+    and AlexNet (5e-4) hardly depended on the image, and NIN's class maps were half off."""
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 32, 32)
+    nin = create_model("nin", in_channels=1).eval()
+    alexnet = create_model("alexnet_cifar", in_channels=1).eval()
+    with torch.no_grad():
+        class_maps = nin[:-3](x)  # before the last ReLU and the global average
+        assert (class_maps > 0).float().mean() > 0.8 and torch.equal(nin[-4].bias, torch.ones(10))
+        assert nin(x).std(0).min() > 1e-3
+        assert alexnet[:-1](x).std() > 0.1  # the classifier's input: He-scaled, not vanished
+        assert alexnet(x).std(0).min() > 1e-3
+        assert 0.0005 < alexnet[-1].weight.std() < 0.002  # the classifier starts near zero
