@@ -384,7 +384,8 @@ def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress
     dev = resolve_device(device)
     overrides = {"limit": cell.train_limit} if cell.train_limit else {}
     recipe = recipe_for(cell.network, cell.dataset, cell.epochs, **overrides)
-    data = load_dataset(cell.dataset, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev)
+    data = load_dataset(cell.dataset, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev,
+                        pad_to=recipe.pad_to)
     model, info = train_baseline(cell.network, data, cell.seed, epochs=cell.epochs, device=dev,
                                  cache_dir=cache_dir, progress=progress, limit=cell.train_limit)
     model.eval()

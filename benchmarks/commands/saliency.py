@@ -92,7 +92,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     recipe = recipe_for(args.model, args.dataset)
     data = load_dataset(args.dataset, root=args.data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
-                        device=device)
+                        device=device, pad_to=recipe.pad_to)
     model, source = load_model(args, data, device)
     if args.images > len(data.eval_y):
         raise PrunetaxError(f"--images {args.images} exceeds the {len(data.eval_y)} eval images of {args.dataset}")

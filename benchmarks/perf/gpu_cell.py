@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     recipe = recipe_for(cfg["model"], args.dataset, cfg["epochs"],
                         **({"limit": cfg["limit"]} if cfg["limit"] else {}))
     data = load_dataset(args.dataset, root=args.data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
-                        device=dev)
+                        device=dev, pad_to=recipe.pad_to)
     model, info = train_baseline(cfg["model"], data, args.seed, epochs=cfg["epochs"], device=dev,
                                  cache_dir=args.cache_dir, progress=False, limit=cfg["limit"])
     model.eval()

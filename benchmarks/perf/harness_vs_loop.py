@@ -77,7 +77,8 @@ def main(argv=None) -> None:
 
     dev = resolve_device(args.device)
     recipe = recipe_for(args.model, args.dataset, args.epochs)
-    data = load_dataset(args.dataset, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev)
+    data = load_dataset(args.dataset, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev,
+                        pad_to=recipe.pad_to)
     model, _ = train_baseline(args.model, data, args.seed, epochs=args.epochs, device=dev,
                               cache_dir=args.cache_dir, progress=False)
     model.eval().requires_grad_(False)
