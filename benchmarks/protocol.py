@@ -290,8 +290,8 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
         # trajectories at once; the chosen ids reach the host in one transfer per step
         rows = torch.arange(len(pending), device=device)
         picks = []
-        for _ in range(protocol.units_per_step):
-            ok = pr.removable(keep[P])                                   # [n, U]
+        for j in range(protocol.units_per_step):
+            ok = rem if j == 0 else pr.removable(keep[P])               # [n, U]; keep unchanged since rem
             score = torch.where(ok, choose, torch.full_like(choose, float("inf")))
             # argmin takes the lowest unit id on ties; a row with no finite score takes its first
             # removable unit; a row with none removes nothing (-1)

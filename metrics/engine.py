@@ -328,11 +328,9 @@ class Accumulator:
         return self.sums["weights_removed"]
 
     def unit_index(self, units: torch.Tensor) -> torch.Tensor:
-        """``units`` as column indices into [K, U+1] (removed-layer id -1 -> the last column), cached."""
-        key = id(units)
-        if key not in self._index:
-            self._index[key] = (units, self.st.device_index(units, self.active.device))
-        return self._index[key][1]
+        """``units`` as column indices into [K, U+1] (removed-layer id -1 -> the last column),
+        from the structure's per-device cache."""
+        return self.st.device_index(units, self.active.device)
 
     def act_of(self, units: torch.Tensor) -> torch.Tensor:
         return self.active[:, self.unit_index(units)]       # [K, C]

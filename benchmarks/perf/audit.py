@@ -75,10 +75,7 @@ class _Functions(TorchFunctionMode):
         kwargs = kwargs or {}
         a = self.audit
         if func in SYNC_METHODS:
-            if func in (_T.cpu,) and args and args[0].device.type == "cpu" and not a.count_cpu_copies:
-                pass
-            else:
-                a.syncs[(_site(roots=a.roots), getattr(func, "__name__", str(func)))] += 1
+            a.syncs[(_site(roots=a.roots), getattr(func, "__name__", str(func)))] += 1
         elif func is torch.where and len(args) + len(kwargs) == 1:
             a.syncs[(_site(roots=a.roots), "where(cond)")] += 1
         elif func in (_T.repeat_interleave, torch.repeat_interleave) and len(args) > 1 \
@@ -119,8 +116,7 @@ class Audit:
     """``with Audit() as a: ...``; then ``a.syncs``, ``a.factories``, ``a.op_sites`` (Counters
     keyed by (site, what)), ``a.ops`` and ``a.views`` (ints)."""
 
-    def __init__(self, count_ops: bool = True, count_cpu_copies: bool = True, op_sites: bool = True,
-                 roots: tuple = PACKAGES):
+    def __init__(self, count_ops: bool = True, op_sites: bool = True, roots: tuple = PACKAGES):
         self.roots = tuple(roots)       # folders whose code counts as "own" (call sites, factories)
         self.syncs: Counter = Counter()
         self.op_sites: Counter | None = Counter() if op_sites else None
@@ -128,7 +124,6 @@ class Audit:
         self.ops = 0
         self.views = 0
         self.count_ops = count_ops
-        self.count_cpu_copies = count_cpu_copies
         self._modes = []
 
     def __enter__(self):

@@ -71,9 +71,8 @@ def build(model_name: str, dataset: str, test_images: int, eval_images: int, see
 def run_steps(model, st, masked, data, metrics, protocol, device, steps: int, evaluator: str, audit=None):
     """Run the harness for ``steps`` steps (plus one warm-up step outside ``audit``)."""
     from benchmarks.protocol import prune
-    import contextlib
 
-    state = {"step": 0, "t": None}
+    state = {"t": None}
 
     def progress(step, pending, K):
         if step == 1 and audit is not None:          # step 1 warms up caches; count from step 2
