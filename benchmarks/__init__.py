@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 # Public entry points, imported on first use so that ``import benchmarks`` stays light.
-_LAZY = {"run": "benchmarks.grid", "run_grid": "benchmarks.grid", "leaderboard": "benchmarks.results"}
+_LAZY = {"run": "prunetax.benchmarks.grid", "run_grid": "prunetax.benchmarks.grid", "leaderboard": "prunetax.benchmarks.results"}
 __all__ = ["__version__", *sorted(_LAZY)]
 
 

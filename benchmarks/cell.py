@@ -2,7 +2,7 @@
 
 ``Protocol`` holds every option of the pruning protocol with the authors' defaults
 (PROTOCOL.md); ``Cell`` names one cell and hashes to its id; ``CellResult`` is what
-``benchmarks.protocol.run_cell`` returns: one row per metric and the trajectories.
+``prunetax.benchmarks.protocol.run_cell`` returns: one row per metric and the trajectories.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 SCHEMA_VERSION = "1"
 

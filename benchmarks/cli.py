@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 COMMANDS = ("enumerate", "describe", "structure", "train", "saliency", "bench", "leaderboard", "plot")
 
@@ -23,14 +23,14 @@ class _Parser(argparse.ArgumentParser):
 def _available_commands():
     for name in COMMANDS:
         try:
-            yield name, importlib.import_module(f"benchmarks.commands.{name}")
+            yield name, importlib.import_module(f"prunetax.benchmarks.commands.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"benchmarks.commands.{name}":
+            if exc.name != f"prunetax.benchmarks.commands.{name}":
                 raise
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks import __version__
+    from prunetax.benchmarks import __version__
 
     parser = _Parser(
         prog="prunetax",

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = [
     "Dataset", "RawData", "DataError", "load_dataset", "list_datasets", "register_dataset",

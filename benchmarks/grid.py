@@ -3,7 +3,7 @@
 A grid is networks x datasets x seeds, each cell holding every metric of the grid (the harness
 batches metrics within a cell) and one protocol. ``run_grid`` skips cells whose scores file
 exists (resume), trains each distinct baseline once before fanning out, and writes each cell's
-files as it completes (``benchmarks.results``). Backends: ``loky`` (one machine), ``dask``
+files as it completes (``prunetax.benchmarks.results``). Backends: ``loky`` (one machine), ``dask``
 (``pip install prunetax[dask]``; joins a dask.distributed scheduler) and ``ray``
 (``pip install prunetax[ray]``).
 """
@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
-from taxonomy.errors import PrunetaxError
+from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["GRID_KEYS", "BACKENDS", "load_grid_file", "grid_cells", "expand_metrics", "validate_cells",
            "run", "run_grid", "GridSummary"]
@@ -80,8 +80,8 @@ def expand_metrics(items: Iterable[str], metric_filter: str | None = None) -> tu
     """Presets become their metric ids (filtered by the glob ``metric_filter``); ids are made
     canonical, named metrics and ``random`` / ``oracle`` are kept as given. Order kept, no repeats.
     """
-    from enumerate import PRESETS, metric_space
-    from taxonomy import NAMED, parse_metric
+    from prunetax.enumerate import PRESETS, metric_space
+    from prunetax.taxonomy import NAMED, parse_metric
 
     out: list[str] = []
     for item in items:
@@ -140,10 +140,10 @@ def validate_cells(cells: Sequence[Cell]) -> None:
     """Check networks, data sets, recipes and each network's structure before anything runs."""
     import torch
 
-    from benchmarks.data import dataset_channels
-    from benchmarks.models import create_model, model_info
-    from benchmarks.training import recipe_for
-    from metrics import analyze
+    from prunetax.benchmarks.data import dataset_channels
+    from prunetax.benchmarks.models import create_model, model_info
+    from prunetax.benchmarks.training import recipe_for
+    from prunetax.metrics import analyze
 
     checked = set()
     for cell in cells:
@@ -166,23 +166,23 @@ def validate_cells(cells: Sequence[Cell]) -> None:
 
 
 def _run_cell(cell: Cell, **kwargs) -> CellResult:
-    from benchmarks.protocol import run_cell
+    from prunetax.benchmarks.protocol import run_cell
 
     return run_cell(cell, **kwargs)
 
 
 def run(cell: Cell, results=None, device="auto", cache_dir=None, data_root=None, progress=False) -> CellResult:
-    """Run one cell (``benchmarks.protocol.run_cell``); write its files under ``results`` if given."""
+    """Run one cell (``prunetax.benchmarks.protocol.run_cell``); write its files under ``results`` if given."""
     result = _run_cell(cell, device=device, cache_dir=cache_dir, data_root=data_root, progress=progress)
     if results is not None:
-        from benchmarks.results import write_cell_result
+        from prunetax.benchmarks.results import write_cell_result
         write_cell_result(results, result)
     return result
 
 
 def _job(cell: Cell, results: str, device, cache_dir, data_root, runner=None) -> tuple[str, float]:
     """What a worker runs: one cell, written on completion (skipped if another worker finished it)."""
-    from benchmarks.results import cell_done, write_cell_result
+    from prunetax.benchmarks.results import cell_done, write_cell_result
 
     if cell_done(results, cell):
         return cell.id, 0.0
@@ -201,7 +201,7 @@ class GridSummary:
 
 
 def _train_baselines(cells, device, cache_dir, data_root, progress) -> None:
-    from benchmarks.training import train_baseline
+    from prunetax.benchmarks.training import train_baseline
 
     seen = set()
     for c in cells:
@@ -255,7 +255,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     import joblib
     from tqdm.auto import tqdm
 
-    from benchmarks.results import cell_done
+    from prunetax.benchmarks.results import cell_done
 
     start = time.perf_counter()
     if n_jobs == 0 or n_jobs < -1:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 FORMATS = ("table", "json", "csv", "parquet")
 

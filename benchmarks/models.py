@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["register_model", "unregister_model", "list_models", "create_model", "model_info", "ModelInfo"]
 

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["plot_results", "FIGURES"]
 
@@ -117,8 +117,8 @@ def _domino_figure(plt, rates: dict[str, dict], title: str, limit: int = 15):
 def plot_results(results_dir, out_dir, metrics: Sequence[str] | None = None,
                  formats: Sequence[str] = FORMATS, top: int = 5) -> list[Path]:
     """Write every figure of ``results_dir`` into ``out_dir`` in ``formats``; returns the paths."""
-    from benchmarks.io import atomic_path
-    from benchmarks.results import leaderboard, read_trajectories
+    from prunetax.benchmarks.io import atomic_path
+    from prunetax.benchmarks.results import leaderboard, read_trajectories
 
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:

@@ -17,12 +17,12 @@ import time
 import torch
 from torch.nn import functional as F
 
-from benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
-from metrics.engine import Accumulator, finalize, row_unit_saliency
-from metrics.signals import Signals, collect
-from taxonomy.errors import PrunetaxError
-from taxonomy.expr import MetricExpr, parse_metric
-from taxonomy.spec import MetricSpec
+from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
+from prunetax.metrics.engine import Accumulator, finalize, row_unit_saliency
+from prunetax.metrics.signals import Signals, collect
+from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.expr import MetricExpr, parse_metric
+from prunetax.taxonomy.spec import MetricSpec
 
 _ROWS_PER_PASS = 8192                 # images per batched forward on CPU (x4 on GPU)
 _WEIGHT_GRAD_BUDGET = 1 << 30          # bytes of per-image weight gradients per chunk
@@ -133,8 +133,8 @@ class _Pruner:
         ``evaluator=`` of :func:`prune` picks one explicitly.
         """
         if not self.batched_eval:
-            from benchmarks.training import evaluate
-            from metrics import slim
+            from prunetax.benchmarks.training import evaluate
+            from prunetax.metrics import slim
 
             return [evaluate(slim(self.model, self.masked.structure, row.cpu()), self.test_x, self.test_y)
                     for row in keep]
@@ -375,9 +375,9 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
 
 def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress: bool = False) -> CellResult:
     """Train or fetch the cell's baseline, prune it with every metric, score the crossings."""
-    from benchmarks.data import load_dataset
-    from benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
-    from metrics import MaskedModel, analyze
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
+    from prunetax.metrics import MaskedModel, analyze
 
     start = time.perf_counter()
     p = cell.protocol
@@ -431,7 +431,7 @@ def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress
 def _row(cell, t: Trajectory, crossing, step, baseline, p: Protocol, dev, wall) -> dict:
     import json
 
-    import benchmarks
+    import prunetax.benchmarks as benchmarks
 
     comps = dict.fromkeys(("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation"))
     if isinstance(t.metric, MetricSpec):
@@ -453,7 +453,7 @@ def _row(cell, t: Trajectory, crossing, step, baseline, p: Protocol, dev, wall) 
             "channels_removed_pct": crossing[1], "macs_removed_pct": crossing[2], "steps": step,
             "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
             "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
-            "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
+            "prunetax_version": prunetax.benchmarks.__version__, "torch_version": torch.__version__,
             "device": str(dev), "wall_seconds": wall}
 
 
@@ -463,7 +463,7 @@ def _prune_retraining(model, structure, masked, data, metrics_texts, protocol, s
     import copy
     import dataclasses
 
-    from metrics import MaskedModel
+    from prunetax.metrics import MaskedModel
 
     if not hasattr(data, "train_x"):
         raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")

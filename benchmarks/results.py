@@ -23,8 +23,8 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult
-from taxonomy.errors import PrunetaxError
+from prunetax.benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["SCORES_SCHEMA", "TRAJECTORIES_SCHEMA", "write_cell_result", "read_scores", "read_trajectories",
            "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS"]
@@ -99,7 +99,7 @@ def write_cell_result(root, result: CellResult) -> tuple[Path, Path]:
     """Write ``result`` atomically: trajectories first, scores last. Returns both paths."""
     import pyarrow.parquet as pq
 
-    from benchmarks.io import atomic_path
+    from prunetax.benchmarks.io import atomic_path
 
     cell = result.cell
     for r in list(result.rows) + list(result.trajectories):
@@ -135,12 +135,12 @@ def _read(root, which: str, schema: pa.Schema, file_schema: pa.Schema) -> pa.Tab
 
 
 def read_scores(root) -> pa.Table:
-    """Every complete cell's rows under ``root`` (columns ``benchmarks.cell.ROW_COLUMNS``)."""
+    """Every complete cell's rows under ``root`` (columns ``prunetax.benchmarks.cell.ROW_COLUMNS``)."""
     return _read(root, "scores", SCORES_SCHEMA, _FILE_SCORES)
 
 
 def read_trajectories(root) -> pa.Table:
-    """Every written trajectory row under ``root`` (columns ``benchmarks.cell.TRAJECTORY_COLUMNS``)."""
+    """Every written trajectory row under ``root`` (columns ``prunetax.benchmarks.cell.TRAJECTORY_COLUMNS``)."""
     return _read(root, "trajectories", TRAJECTORIES_SCHEMA, _FILE_TRAJ)
 
 

@@ -1,7 +1,7 @@
 """Baseline training: one recipe per model, cached by the hash of everything that shapes it.
 
 ``train_baseline(model, dataset, seed)`` returns the trained network, from the cache when it is
-there. The cache key is the sha256 of (model, dataset, seed, recipe, ``benchmarks.__version__``),
+there. The cache key is the sha256 of (model, dataset, seed, recipe, ``prunetax.benchmarks.__version__``),
 where the recipe includes how the data is prepared (held-out split, ``limit``, ``pad_to``);
 each entry is a folder ``<cache>/baselines/<model>_<dataset>_seed<seed>_<hash16>/`` holding
 ``model.pt`` (the state dict) and ``info.json`` (recipe, accuracies, wall time, device, versions),
@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.data import Dataset, dataset_channels, load_dataset, model_input_spec
-from benchmarks.io import atomic_path
-from taxonomy.errors import PrunetaxError
+from prunetax.benchmarks.data import Dataset, dataset_channels, load_dataset, model_input_spec
+from prunetax.benchmarks.io import atomic_path
+from prunetax.taxonomy.errors import PrunetaxError
 
 try:
     import fcntl
@@ -112,7 +112,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def cache_key(model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> str:
     """sha256 (hex) of the model, data set, seed, recipe and package version."""
-    from benchmarks import __version__
+    from prunetax.benchmarks import __version__
     blob = json.dumps({"model": model_name, "dataset": dataset_name, "seed": seed,
                        "recipe": dataclasses.asdict(recipe), "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -218,7 +218,7 @@ def _resolve(model_name, dataset, seed, epochs, recipe, limit):
     recipe (so into the cache key); its split must be the recipe's."""
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise PrunetaxError(f"seed must be an integer, got {seed!r}")
-    from benchmarks.models import model_info
+    from prunetax.benchmarks.models import model_info
     model_info(model_name)  # unknown model → one-line error before any data is loaded
     loaded = isinstance(dataset, Dataset)
     name = dataset.name if loaded else dataset
@@ -267,7 +267,7 @@ def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: in
         return None  # missing or unreadable: not cached
     if isinstance(dataset, Dataset):
         _check_same_data(info, dataset, entry)
-    from benchmarks.models import create_model
+    from prunetax.benchmarks.models import create_model
     model = create_model(model_name, info["in_channels"], info["num_classes"], info["input_size"])
     try:
         model.load_state_dict(state)
@@ -351,7 +351,7 @@ def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root
                             device=dev, download=download, pad_to=recipe.pad_to)
     elif data.device != dev:
         data = data.to(dev)
-    from benchmarks.models import create_model
+    from prunetax.benchmarks.models import create_model
     in_channels, input_size, num_classes = model_input_spec(data)
     start = time.perf_counter()
     devices = [dev.index or 0] if dev.type == "cuda" else []
@@ -360,7 +360,7 @@ def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root
         model = create_model(model_name, in_channels, num_classes, input_size).to(dev)
         train_loss = _fit(model, data, recipe, seed, progress, f"{model_name}/{name}/seed{seed}")
     wall = time.perf_counter() - start
-    from benchmarks import __version__
+    from prunetax.benchmarks import __version__
     info = {
         "model": model_name, "dataset": name, "seed": seed, "recipe": dataclasses.asdict(recipe),
         "key": cache_key(model_name, name, seed, recipe),

@@ -9,9 +9,9 @@ import fnmatch
 import itertools
 from typing import Iterable
 
-from taxonomy import vocab as C
-from taxonomy.errors import SpecError
-from taxonomy.spec import MetricSpec, validity_problem
+from prunetax.taxonomy import vocab as C
+from prunetax.taxonomy.errors import SpecError
+from prunetax.taxonomy.spec import MetricSpec, validity_problem
 
 PRESETS = {
     "paper": "the taxonomy paper's 308: 2 inputs x 7 pointwise x 5 reductions x 5 scalings, less its 42 redundant combinations",

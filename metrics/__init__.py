@@ -7,18 +7,18 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "analyze": "metrics.structure",
-    "Structure": "metrics.structure",
-    "StructureError": "metrics.structure",
-    "Layer": "metrics.structure",
-    "Unit": "metrics.structure",
-    "MaskedModel": "metrics.masking",
-    "slim": "metrics.masking",
-    "register_layer_rule": "metrics._fx_rules",
-    "unregister_layer_rule": "metrics._fx_rules",
-    "saliencies": "metrics.saliency",
-    "SaliencyResult": "metrics.saliency",
-    "lm_curvature": "metrics.curvature",
+    "analyze": "prunetax.metrics.structure",
+    "Structure": "prunetax.metrics.structure",
+    "StructureError": "prunetax.metrics.structure",
+    "Layer": "prunetax.metrics.structure",
+    "Unit": "prunetax.metrics.structure",
+    "MaskedModel": "prunetax.metrics.masking",
+    "slim": "prunetax.metrics.masking",
+    "register_layer_rule": "prunetax.metrics._fx_rules",
+    "unregister_layer_rule": "prunetax.metrics._fx_rules",
+    "saliencies": "prunetax.metrics.saliency",
+    "SaliencyResult": "prunetax.metrics.saliency",
+    "lm_curvature": "prunetax.metrics.curvature",
 }
 
 __all__ = sorted(_LAZY)

@@ -51,7 +51,7 @@ def register_layer_rule(target, channels="passthrough", *, zero_preserving: bool
     mask is re-applied after it). ``slim``: for modules holding per-channel state,
     ``fn(module, keep_in: bool [C_in]) -> module`` building the smaller module.
     """
-    from metrics.structure import StructureError
+    from prunetax.metrics.structure import StructureError
 
     if not (channels == "passthrough" or callable(channels)):
         raise StructureError(f"channels must be 'passthrough' or a callable, got {channels!r}")

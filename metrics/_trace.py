@@ -1,4 +1,4 @@
-"""The graph walk behind ``metrics.analyze``: trace with torch.fx, propagate channel ids, union them.
+"""The graph walk behind ``prunetax.metrics.analyze``: trace with torch.fx, propagate channel ids, union them.
 
 Every output channel of every Conv/Linear gets a union-find id; adds merge ids channel-wise,
 grouped convolutions tie ids across groups, concatenation and zero-padding shift them, and
@@ -13,10 +13,10 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from metrics import _fx_rules as R
-from metrics._fx_rules import EMPTY, FIXED, Channels
+from prunetax.metrics import _fx_rules as R
+from prunetax.metrics._fx_rules import EMPTY, FIXED, Channels
 
-_HOW = "register it with metrics.register_layer_rule(...)"
+_HOW = "register it with prunetax.metrics.register_layer_rule(...)"
 
 
 class _Tracer(fx.Tracer):
@@ -25,7 +25,7 @@ class _Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    from metrics.structure import StructureError
+    from prunetax.metrics.structure import StructureError
 
     try:
         tracer = _Tracer()
@@ -72,7 +72,7 @@ class Walk:
     """Walks a traced graph once; results: ``layers`` (raw), ``info`` (node -> Channels), ``uf``."""
 
     def __init__(self, gm: fx.GraphModule, example_input: torch.Tensor):
-        from metrics.structure import StructureError
+        from prunetax.metrics.structure import StructureError
 
         self.Error = StructureError
         self.gm = gm
@@ -133,7 +133,7 @@ class Walk:
         if node.op == "get_attr":
             if any(self.info.get(u) is not None or self.shape(u) is not None for u in node.users):
                 self.fail(node, "a parameter or buffer used in forward: channel mapping unknown",
-                          "register the module that uses it with metrics.register_layer_rule(...) "
+                          "register the module that uses it with prunetax.metrics.register_layer_rule(...) "
                           "so that it is traced as one layer")
             self.info[node] = None
             return

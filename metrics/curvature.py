@@ -17,7 +17,7 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 _RELU_LIKE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
 _RELU_LIKE_FUNCTIONS = {F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.hardtanh, F.leaky_relu}
@@ -121,7 +121,7 @@ class _Twin(fx.Interpreter):
                 return self._adaptive_avg(x, m.output_size, where)
             if isinstance(m, nn.Flatten):
                 return m(x)
-            if type(m).__name__ in ("_Mask", "_Input") and type(m).__module__ == "metrics.masking":
+            if type(m).__name__ in ("_Mask", "_Input") and type(m).__module__ == "prunetax.metrics.masking":
                 return m(x)  # a 0/1 channel mask (squares to itself) or an identity
             raise PrunetaxError(f"LM curvature cannot square module {type(m).__name__} at {where}; "
                                 "hessian_lm metrics support conv, linear, BatchNorm, ReLU-like, pooling layers")

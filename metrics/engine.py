@@ -10,11 +10,11 @@ from collections.abc import Mapping
 
 import torch
 
-from metrics.kernels import NEEDS, STAT_OF, fast_pointwise, fast_reduction, kernel, pointwise_stats
-from metrics.signals import Needs, Signals, collect
-from taxonomy.errors import PrunetaxError
-from taxonomy.expr import MetricExpr, parse_metric
-from taxonomy.spec import MetricSpec
+from prunetax.metrics.kernels import NEEDS, STAT_OF, fast_pointwise, fast_reduction, kernel, pointwise_stats
+from prunetax.metrics.signals import Needs, Signals, collect
+from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.expr import MetricExpr, parse_metric
+from prunetax.taxonomy.spec import MetricSpec
 
 _BN = ("bn_weight", "bn_bias")
 # per-image weight gradients (and activation chunks) are processed this many bytes of one layer at

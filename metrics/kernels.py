@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from taxonomy import vocab
-from taxonomy.errors import SpecError
+from prunetax.taxonomy import vocab
+from prunetax.taxonomy.errors import SpecError
 
 Pointwise = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
 
@@ -194,6 +194,6 @@ def pointwise_stats(x, g, h, want: dict, reduce) -> dict:
 def kernel(axis: str, name: str):
     table = {"pointwise": POINTWISE, "reduction": REDUCTIONS}[axis]
     if name not in table:
-        raise SpecError(f"no {axis} kernel for {name!r}: register one with metrics.kernels.{axis}(); "
+        raise SpecError(f"no {axis} kernel for {name!r}: register one with prunetax.metrics.kernels.{axis}(); "
                         f"known: {', '.join(table)}")
     return table[name]

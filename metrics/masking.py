@@ -14,9 +14,9 @@ import operator
 import torch
 from torch import fx, nn
 
-from metrics._trace import trace
-from metrics.structure import Structure, StructureError
-from taxonomy.errors import PrunetaxError
+from prunetax.metrics._trace import trace
+from prunetax.metrics.structure import Structure, StructureError
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["MaskedModel", "slim"]
 

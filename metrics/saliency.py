@@ -1,4 +1,4 @@
-"""``metrics.saliencies``: every requested metric on one network from one pass over the batches."""
+"""``prunetax.metrics.saliencies``: every requested metric on one network from one pass over the batches."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,11 +6,11 @@ from typing import Iterable
 
 import torch
 
-from metrics.engine import Accumulator, as_metrics, finalize, nonfinite_count, unit_saliency
-from metrics.masking import MaskedModel
-from metrics.signals import collect
-from taxonomy.errors import PrunetaxError
-from taxonomy.expr import parse_metric
+from prunetax.metrics.engine import Accumulator, as_metrics, finalize, nonfinite_count, unit_saliency
+from prunetax.metrics.masking import MaskedModel
+from prunetax.metrics.signals import collect
+from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.expr import parse_metric
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from metrics.curvature import lm_curvature, record_forward
+from prunetax.metrics.curvature import lm_curvature, record_forward
 
 
 @dataclass

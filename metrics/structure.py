@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["Layer", "Unit", "Structure", "StructureError", "analyze"]
 
@@ -241,8 +241,8 @@ def _shared_pairs(L: Layer):
 
 def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
     """Trace ``model`` on ``example_input`` ([B, C, H, W]) and find its producers and units."""
-    from metrics import _fx_rules as R
-    from metrics._trace import Walk, trace
+    from prunetax.metrics import _fx_rules as R
+    from prunetax.metrics._trace import Walk, trace
 
     gm = trace(model)
     walk = Walk(gm, example_input)
@@ -294,7 +294,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
 
 def _mask_point(node: fx.Node, modules):
     """Follow a producer through its own BatchNorm and activation; returns (node name, bn, nodes up to it)."""
-    from metrics import _fx_rules as R
+    from prunetax.metrics import _fx_rules as R
 
     chain = []
     bn = None

@@ -1,8 +1,8 @@
 """WHAT a metric is: component vocabularies, MetricSpec, ids, expressions, named metrics. No torch."""
-from taxonomy.vocab import AXES, Component, components, get, ids, register_component
-from taxonomy.errors import PrunetaxError, SpecError
-from taxonomy.expr import NAMED, MetricExpr, NamedMetric, Term, parse_metric, register_named
-from taxonomy.spec import MetricSpec, validity_problem
+from prunetax.taxonomy.vocab import AXES, Component, components, get, ids, register_component
+from prunetax.taxonomy.errors import PrunetaxError, SpecError
+from prunetax.taxonomy.expr import NAMED, MetricExpr, NamedMetric, Term, parse_metric, register_named
+from prunetax.taxonomy.spec import MetricSpec, validity_problem
 
 __all__ = [
     "AXES", "Component", "components", "get", "ids", "register_component",

@@ -10,8 +10,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from taxonomy.errors import SpecError
-from taxonomy.spec import MetricSpec
+from prunetax.taxonomy.errors import SpecError
+from prunetax.taxonomy.spec import MetricSpec
 
 
 @dataclass(frozen=True)

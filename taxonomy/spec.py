@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from taxonomy import vocab as C
-from taxonomy.errors import SpecError
+from prunetax.taxonomy import vocab as C
+from prunetax.taxonomy.errors import SpecError
 
 _BN_INPUTS = ("bn_weight", "bn_bias")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from taxonomy.errors import SpecError
+from prunetax.taxonomy.errors import SpecError
 
 AXES = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 

@@ -1,6 +1,6 @@
 """A naive float64 reference for every saliency metric, written from docs/metrics.md alone.
 
-It shares no code with the engine (``metrics.saliencies``). From ``metrics.analyze`` it takes
+It shares no code with the engine (``prunetax.metrics.saliencies``). From ``prunetax.metrics.analyze`` it takes
 only unit membership (``Layer.out_units`` / ``Layer.in_units``, ``Structure.units``); every other
 quantity is computed here, slowly and explicitly:
 

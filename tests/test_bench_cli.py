@@ -1,6 +1,6 @@
 """prunetax bench / leaderboard end to end: errors, kill-resume, two writers, determinism.
 
-The default run uses benchmarks.perf.kill_resume's fake run_cell in subprocesses (the runner's
+The default run uses prunetax.benchmarks.perf.kill_resume's fake run_cell in subprocesses (the runner's
 file handling alone); tests marked slow use the real protocol on tiny lenet5/mnist cells.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from benchmarks.cli import main as cli_main
-from benchmarks.perf import kill_resume as kr
-from benchmarks.results import read_scores, read_trajectories
+from prunetax.benchmarks.cli import main as cli_main
+from prunetax.benchmarks.perf import kill_resume as kr
+from prunetax.benchmarks.results import read_scores, read_trajectories
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -71,7 +71,7 @@ def test_malformed_toml_one_line(tmp_path, capsys):
 ROLLED_CHILD = textwrap.dedent("""
     import sys, torch
     from torch import nn
-    from benchmarks.models import register_model
+    from prunetax.benchmarks.models import register_model
 
     @register_model(name="rolled_test")
     def rolled_test(in_channels=3, num_classes=10, input_size=32):
@@ -84,7 +84,7 @@ ROLLED_CHILD = textwrap.dedent("""
                 return self.fc(self.c2(torch.roll(self.c1(x), 1, dims=1)).flatten(1))
         return Rolled()
 
-    from benchmarks.cli import main
+    from prunetax.benchmarks.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
 

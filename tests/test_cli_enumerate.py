@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 
 def prunetax(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "prunetax", *args], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics import analyze, saliencies
-from taxonomy import MetricSpec
+from prunetax.metrics import analyze, saliencies
+from prunetax.taxonomy import MetricSpec
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.data import (Dataset, list_datasets, load_dataset, model_input_spec, pad_images,
+from prunetax.benchmarks.data import (Dataset, list_datasets, load_dataset, model_input_spec, pad_images,
                              read_cifar_batch, read_idx)
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:

@@ -1,7 +1,7 @@
 """The engine with K trajectories in one call, as the harness drives it, and its bounded chunks.
 
 ``Accumulator(model_gm, structure, metrics, keep[K, U])`` + ``collect`` on ``x.repeat(K)`` +
-``finalize`` must give, for every trajectory k, what ``metrics.saliencies`` gives for that
+``finalize`` must give, for every trajectory k, what ``prunetax.metrics.saliencies`` gives for that
 trajectory's keep mask alone (float64, to 1e-10), on every domino spec plus batch-aggregated,
 BatchNorm and expression metrics. The per-image chunk size of the weight gradients and the
 strided unfold must not change any value either.
@@ -19,11 +19,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_saliency as R  # noqa: E402  (only its test networks)
 
-from enumerate import metric_space  # noqa: E402
-from metrics import MaskedModel, analyze, saliencies  # noqa: E402
-from metrics.engine import Accumulator, finalize, nonfinite_count, row_unit_saliency, unit_saliency  # noqa: E402
-from metrics.signals import collect  # noqa: E402
-from taxonomy import parse_metric  # noqa: E402
+from prunetax.enumerate import metric_space  # noqa: E402
+from prunetax.metrics import MaskedModel, analyze, saliencies  # noqa: E402
+from prunetax.metrics.engine import Accumulator, finalize, nonfinite_count, row_unit_saliency, unit_saliency  # noqa: E402
+from prunetax.metrics.signals import collect  # noqa: E402
+from prunetax.taxonomy import parse_metric  # noqa: E402
 
 EXTRA = ["weight-taylor-abs_sum-none@batch", "activation-hessian_gn-l2-elements-domino_io@batch",
          "activation-taylor2_lm-sqr_sum-layer_l2@batch", "weight-gradient-l1-elements-domino_io@batch",
@@ -123,7 +123,7 @@ def test_chunk_size_does_not_change_values(net):
                                 dict(kernel_size=5, padding=2, groups=4), dict(kernel_size=1, stride=2),
                                 dict(kernel_size=3, padding=0, dilation=2, groups=2)])
 def test_strided_unfold_equals_F_unfold(kw):
-    from metrics.signals import _unfold
+    from prunetax.metrics.signals import _unfold
 
     conv = torch.nn.Conv2d(8, 8, **kw)
     x = torch.randn(3, 8, 11, 10)

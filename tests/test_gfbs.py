@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics import analyze, saliencies
-from taxonomy import parse_metric
+from prunetax.metrics import analyze, saliencies
+from prunetax.taxonomy import parse_metric
 
 
 

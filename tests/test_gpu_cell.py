@@ -1,4 +1,4 @@
-"""benchmarks.perf.gpu_cell --size tiny runs end to end (CPU) and prints its five target lines."""
+"""prunetax.benchmarks.perf.gpu_cell --size tiny runs end to end (CPU) and prints its five target lines."""
 import os
 import re
 import subprocess
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_cell_tiny(tmp_path):
     env = {**os.environ, "PRUNETAX_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "cell.csv"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.perf.gpu_cell", "--size", "tiny", "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "prunetax.benchmarks.perf.gpu_cell", "--size", "tiny", "--device", "cpu",
                            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

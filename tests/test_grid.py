@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-import benchmarks
-from benchmarks import grid
-from benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
-from benchmarks.grid import expand_metrics, grid_cells, load_grid_file, run_grid
-from benchmarks.results import cell_done, read_scores
-from enumerate import metric_space
-from taxonomy.errors import PrunetaxError
+import prunetax.benchmarks as benchmarks
+from prunetax.benchmarks import grid
+from prunetax.benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
+from prunetax.benchmarks.grid import expand_metrics, grid_cells, load_grid_file, run_grid
+from prunetax.benchmarks.results import cell_done, read_scores
+from prunetax.enumerate import metric_space
+from prunetax.taxonomy.errors import PrunetaxError
 
 
 def fake_rate(cell: Cell, metric: str) -> float:
@@ -57,7 +57,7 @@ class Rolled(nn.Module):
 @pytest.fixture
 def rolled_model():
     """A zoo entry the structure analysis rejects (torch.roll on channels), removed afterwards."""
-    from benchmarks.models import register_model, unregister_model
+    from prunetax.benchmarks.models import register_model, unregister_model
     register_model(lambda in_channels, num_classes, input_size: Rolled(in_channels, num_classes, input_size),
                    name="test_rolled_grid")
     yield "test_rolled_grid"
@@ -144,7 +144,7 @@ def test_run_grid_resumes_and_skips(tmp_path, fake):
 
 def test_public_run_writes_one_cell(tmp_path, fake):
     c = grid_cells(BASE)[0]
-    res = benchmarks.run(c, results=tmp_path)
+    res = prunetax.benchmarks.run(c, results=tmp_path)
     assert res.cell == c and cell_done(tmp_path, c)
 
 
@@ -189,7 +189,7 @@ def test_parallel_loky_trains_each_baseline_once_then_fans_out(tmp_path, fake, m
 
 def test_train_baselines_dedupes(monkeypatch):
     calls = []
-    import benchmarks.training as training
+    import prunetax.benchmarks.training as training
     monkeypatch.setattr(training, "train_baseline", lambda *a, **kw: calls.append((a, kw["epochs"], kw["limit"])))
     cells = grid_cells({**BASE, "seeds": [0, 1]}) + grid_cells({**BASE, "seeds": [0, 1], "metrics": ["oracle"]})
     grid._train_baselines(cells, "cpu", None, None, False)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.models import create_model, list_models
-from metrics import MaskedModel, analyze, slim
-from taxonomy.errors import PrunetaxError
+from prunetax.benchmarks.models import create_model, list_models
+from prunetax.metrics import MaskedModel, analyze, slim
+from prunetax.taxonomy.errors import PrunetaxError
 
 SIZES = {"vgg16_bn": 32, "lenet5": 16, "alexnet_cifar": 8}
 ZOO = list_models(available_only=True)

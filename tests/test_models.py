@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.models import create_model, list_models, model_info, register_model, unregister_model
-from taxonomy.errors import PrunetaxError
+from prunetax.benchmarks.models import create_model, list_models, model_info, register_model, unregister_model
+from prunetax.taxonomy.errors import PrunetaxError
 
 CIFAR = ["lenet5", "cifar10_quick", "nin", "alexnet_cifar", "resnet20", "resnet56", "resnet20_a",
          "resnet56_a", "vgg16_bn", "mobilenetv2", "densenet40"]

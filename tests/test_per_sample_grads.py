@@ -18,8 +18,8 @@ from torch.func import functional_call, grad, vmap
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_saliency as R  # noqa: E402  (only its test networks)
 
-from metrics import analyze, saliencies  # noqa: E402
-from taxonomy import MetricSpec  # noqa: E402
+from prunetax.metrics import analyze, saliencies  # noqa: E402
+from prunetax.taxonomy import MetricSpec  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

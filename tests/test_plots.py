@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
-from benchmarks.cli import main as cli_main
-from benchmarks.results import write_cell_result
+from prunetax.benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
+from prunetax.benchmarks.cli import main as cli_main
+from prunetax.benchmarks.results import write_cell_result
 
 pytest.importorskip("matplotlib")
 

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.cell import Protocol
-from benchmarks.protocol import Trajectory, _crossing, _Pruner, prune
-from metrics import MaskedModel, analyze, saliencies
-from taxonomy import parse_metric
+from prunetax.benchmarks.cell import Protocol
+from prunetax.benchmarks.protocol import Trajectory, _crossing, _Pruner, prune
+from prunetax.metrics import MaskedModel, analyze, saliencies
+from prunetax.taxonomy import parse_metric
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A LeNet-5 trained briefly on 1,500 MNIST images (float64), with a small test set."""
-    from benchmarks.data import load_dataset
-    from benchmarks.training import evaluate, train_baseline
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.training import evaluate, train_baseline
 
     data = load_dataset("mnist", eval_size=5000, seed=0)
     model, _ = train_baseline("lenet5", data, 0, epochs=1, device="cpu", progress=False,
@@ -117,7 +117,7 @@ def test_rates_count_conv_weights_by_hand(trained):
 
 
 def test_retrain_mode_trains_a_copy_and_with_zero_steps_equals_no_retraining(trained):
-    from benchmarks.data import load_dataset
+    from prunetax.benchmarks.data import load_dataset
 
     model, st, data, base, masked = trained
     d = load_dataset("mnist")
@@ -152,7 +152,7 @@ def test_a_step_costs_a_constant_number_of_host_syncs_and_no_host_tensors(traine
     """On the GPU code path a step needs at most 3 device-to-host transfers (the units removed;
     the rates with 'anything left'; the accuracies), however many trajectories run, and no
     tensor is created on the host by accident (a factory without device=)."""
-    from benchmarks.perf.audit import Audit
+    from prunetax.benchmarks.perf.audit import Audit
 
     metrics = METRICS + ["weight-value-l1-none", "activation-taylor-abs_sum-weights_removed-domino_io"]
     with Audit(op_sites=False) as a:

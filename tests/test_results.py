@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import benchmarks
-from benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult, Protocol
-from benchmarks.results import (cell_done, cell_path, leaderboard, read_scores, read_trajectories,
+import prunetax.benchmarks as benchmarks
+from prunetax.benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult, Protocol
+from prunetax.benchmarks.results import (cell_done, cell_path, leaderboard, read_scores, read_trajectories,
                                 write_cell_result)
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 COMPONENTS = {"weight-value-l1-none": ("weight", "value", "l1", "none", "channel", "per_image"),
               "activation-value-l2-elements": ("activation", "value", "l2", "elements", "channel", "per_image")}
@@ -165,7 +165,7 @@ def test_bad_row_type_is_one_line_error(tmp_path):
 
 def test_leaderboard_statistics_by_hand(tmp_path):
     write_grid(tmp_path)
-    board = benchmarks.leaderboard(tmp_path)  # the public name
+    board = prunetax.benchmarks.leaderboard(tmp_path)  # the public name
     rows = board.to_pylist()
     assert [r["metric_id"] for r in rows] == ["oracle", "activation-value-l2-elements", "weight-value-l1-none",
                                               "random"]

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def workdir(tmp_path):
-    from benchmarks.models import create_model
+    from prunetax.benchmarks.models import create_model
 
     torch.manual_seed(0)
     model = create_model("lenet5", in_channels=1, num_classes=10, input_size=32)
@@ -30,7 +30,7 @@ def workdir(tmp_path):
 def run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PRUNETAX_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "benchmarks", "saliency", "--model", "lenet5", *args],
+    return subprocess.run([sys.executable, "-m", "prunetax", "saliency", "--model", "lenet5", *args],
                           cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -1,4 +1,4 @@
-"""The engine (``metrics.saliencies``) against the naive float64 reference (tests/reference_saliency.py).
+"""The engine (``prunetax.metrics.saliencies``) against the naive float64 reference (tests/reference_saliency.py).
 
 Every spec of ``metric_space("domino")`` (924) is compared on three small networks (a LeNet-5
 shape, an AlexNet-like grouped chain, a residual network with BatchNorm, a projection shortcut
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_saliency as R  # noqa: E402
 
-from enumerate import metric_space  # noqa: E402
-from metrics import analyze  # noqa: E402
-from taxonomy import MetricSpec, parse_metric  # noqa: E402
+from prunetax.enumerate import metric_space  # noqa: E402
+from prunetax.metrics import analyze  # noqa: E402
+from prunetax.taxonomy import MetricSpec, parse_metric  # noqa: E402
 
 RTOL, ATOL_FRAC = 1e-6, 1e-9
 N = 4
@@ -52,9 +52,9 @@ def make_case(net: str, pruned: bool, seed: int = 0):
 
 def engine():
     try:
-        from metrics import saliencies
+        from prunetax.metrics import saliencies
     except (ImportError, AttributeError) as exc:  # the engine has not landed in this checkout
-        pytest.skip(f"metrics.saliencies is not available: {exc}")
+        pytest.skip(f"prunetax.metrics.saliencies is not available: {exc}")
     return saliencies
 
 
@@ -287,7 +287,7 @@ def test_domino_space_other_masks(case):
 def test_domino_space_on_the_zoo_lenet5(pruned):
     """The zoo's LeNet-5 itself (20/50/500 channels, 570 units, in-place ReLU) at its smallest
     input, 16x16: all 924 specs; split into two batches when pruned."""
-    from benchmarks.models import create_model
+    from prunetax.benchmarks.models import create_model
 
     torch.manual_seed(2)
     model = create_model("lenet5", in_channels=1, num_classes=10, input_size=16).eval()

@@ -1,11 +1,11 @@
-"""benchmarks.perf.step_overhead runs on the CPU and prints its counts; the audit counts right."""
+"""prunetax.benchmarks.perf.step_overhead runs on the CPU and prints its counts; the audit counts right."""
 import os
 import re
 
 import torch
 
-from benchmarks.perf import step_overhead
-from benchmarks.perf.audit import Audit
+from prunetax.benchmarks.perf import step_overhead
+from prunetax.benchmarks.perf.audit import Audit
 
 
 def test_step_overhead_runs_and_reports_few_syncs(capsys):

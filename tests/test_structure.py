@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import metrics
-from benchmarks.models import create_model
-from metrics import StructureError, analyze, register_layer_rule, slim, unregister_layer_rule
-from taxonomy.errors import PrunetaxError
+import prunetax.metrics as metrics
+from prunetax.benchmarks.models import create_model
+from prunetax.metrics import StructureError, analyze, register_layer_rule, slim, unregister_layer_rule
+from prunetax.taxonomy.errors import PrunetaxError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -238,7 +238,7 @@ def _check_mask_equals_slim(model, s, x, trials=3):
     model.eval()
     for _ in range(trials):
         keep = torch.rand(s.num_units) < 0.6
-        mm = metrics.MaskedModel(model, s).eval()
+        mm = prunetax.metrics.MaskedModel(model, s).eval()
         mm.set_keep(keep)
         with torch.no_grad():
             torch.testing.assert_close(mm(x), slim(model, s, keep).eval()(x), atol=1e-5, rtol=0)
@@ -271,7 +271,7 @@ def test_registered_module_rule_with_slim_and_remasking():
 # --- the CLI ---------------------------------------------------------------------------------------
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "benchmarks", "structure", *args],
+    return subprocess.run([sys.executable, "-m", "prunetax", "structure", *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -288,7 +288,7 @@ def test_cli_json_and_errors():
 
 
 def test_cli_table_in_process(capsys):
-    from benchmarks.cli import main
+    from prunetax.benchmarks.cli import main
 
     assert main(["structure", "--model", "lenet5", "--in-channels", "1", "--input-size", "28"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

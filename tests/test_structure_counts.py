@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks.models import create_model
-from metrics import analyze, slim
+from prunetax.benchmarks.models import create_model
+from prunetax.metrics import analyze, slim
 
 MODELS = ["lenet5", "alexnet_cifar", "resnet20_a", "resnet20", "mobilenetv2", "densenet40"]
 

@@ -4,8 +4,8 @@ import itertools
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from enumerate import excluded, metric_space
-from taxonomy import NAMED, MetricExpr, MetricSpec, SpecError, parse_metric
+from prunetax.enumerate import excluded, metric_space
+from prunetax.taxonomy import NAMED, MetricExpr, MetricSpec, SpecError, parse_metric
 
 # Written out from PROTOCOL.md, independently of the registries.
 PAPER_INPUTS = ["weight", "activation"]

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-import benchmarks
-from benchmarks import training
-from benchmarks.cli import main as cli_main
-from benchmarks.data import RawData, load_dataset, register_dataset
-from benchmarks.training import (cache_key, evaluate, load_baseline, recipe_for, resolve_device,
+import prunetax.benchmarks as benchmarks
+from prunetax.benchmarks import training
+from prunetax.benchmarks.cli import main as cli_main
+from prunetax.benchmarks.data import RawData, load_dataset, register_dataset
+from prunetax.benchmarks.training import (cache_key, evaluate, load_baseline, recipe_for, resolve_device,
                                  train_baseline)
-from taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import PrunetaxError
 
 LIMIT = 1024  # training images for the fast tests: 8 batches of 128
 
@@ -336,7 +336,7 @@ def test_train_command_prints_one_line(mnist, tmp_path, capsys, monkeypatch):
 
 def run_cli(*args, cache):
     env = {**os.environ, "PRUNETAX_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "benchmarks", "train", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "prunetax", "train", *args], capture_output=True,
                           text=True, env=env, timeout=600)
 
 

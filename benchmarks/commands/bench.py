@@ -11,7 +11,7 @@ def _csv(text: str) -> list[str]:
 
 
 def _ints(text: str) -> list[int]:
-    from taxonomy.errors import PrunetaxError
+    from prunetax.taxonomy.errors import PrunetaxError
     try:
         return [int(t) for t in _csv(text)]
     except ValueError:
@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
 
 def build_config(args) -> tuple[dict, str]:
     """The grid config: the TOML file's, then the flags on top. Returns (config, source name)."""
-    from benchmarks.grid import load_grid_file
+    from prunetax.benchmarks.grid import load_grid_file
 
     config = load_grid_file(args.grid) if args.grid else {}
     source = args.grid or "flags"
@@ -64,15 +64,15 @@ def build_config(args) -> tuple[dict, str]:
             protocol[flag] = value
     config["protocol"] = protocol
     if "networks" not in config or "datasets" not in config:
-        from taxonomy.errors import PrunetaxError
+        from prunetax.taxonomy.errors import PrunetaxError
         raise PrunetaxError("give --networks and --datasets (or a GRID.toml with networks and datasets)")
     return config, source
 
 
 def run(args) -> int:
-    from benchmarks.grid import grid_cells, run_grid
-    from benchmarks.io import format_table
-    from benchmarks.results import leaderboard
+    from prunetax.benchmarks.grid import grid_cells, run_grid
+    from prunetax.benchmarks.io import format_table
+    from prunetax.benchmarks.results import leaderboard
 
     config, source = build_config(args)
     cells = grid_cells(config, source)  # everything validated before anything is written

@@ -10,7 +10,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from taxonomy import NAMED, MetricSpec, parse_metric
+    from prunetax.taxonomy import NAMED, MetricSpec, parse_metric
 
     metric = parse_metric(args.metric)
     if args.metric.strip() in NAMED:

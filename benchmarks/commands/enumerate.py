@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.io import write_rows
+from prunetax.benchmarks.io import write_rows
 
 HELP = "list, filter and count the metric space (presets: paper, domino, extended)"
 COLUMNS = ("id", "authors_name", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 
 
 def add_arguments(p) -> None:
-    from enumerate import PRESETS
+    from prunetax.enumerate import PRESETS
 
     p.add_argument("--preset", default="paper", choices=list(PRESETS),
                    help="which space: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
@@ -30,7 +30,7 @@ def rows_for(specs) -> list[dict]:
 
 
 def run(args) -> int:
-    from enumerate import metric_space
+    from prunetax.enumerate import metric_space
 
     filters = {axis: getattr(args, axis).split(",") for axis in
                ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")

@@ -20,7 +20,7 @@ def _render(rows, cols, fmt) -> str:
     import html
     import io
 
-    from benchmarks.io import format_table
+    from prunetax.benchmarks.io import format_table
 
     def show(v):
         return "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
@@ -45,9 +45,9 @@ def _render(rows, cols, fmt) -> str:
 def run(args) -> int:
     import sys
 
-    from benchmarks.io import atomic_path
-    from benchmarks.results import leaderboard
-    from taxonomy.errors import PrunetaxError
+    from prunetax.benchmarks.io import atomic_path
+    from prunetax.benchmarks.results import leaderboard
+    from prunetax.taxonomy.errors import PrunetaxError
 
     by = tuple(b.strip() for b in args.by.split(",") if b.strip())
     table = leaderboard(args.results, by=by, top=args.top)

@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from benchmarks.plots import plot_results
+    from prunetax.benchmarks.plots import plot_results
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     formats = [f.strip() for f in args.format.split(",") if f.strip()]

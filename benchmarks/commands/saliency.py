@@ -26,9 +26,9 @@ def add_arguments(p) -> None:
 
 def parse_metric_list(text: str):
     """Presets, metric ids, named metrics and expressions, comma-separated (the grid's rules)."""
-    from benchmarks.grid import expand_metrics
-    from taxonomy import parse_metric
-    from taxonomy.errors import PrunetaxError
+    from prunetax.benchmarks.grid import expand_metrics
+    from prunetax.taxonomy import parse_metric
+    from prunetax.taxonomy.errors import PrunetaxError
 
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
@@ -39,7 +39,7 @@ def parse_metric_list(text: str):
 def check_finite(model, source: str) -> None:
     import torch
 
-    from taxonomy.errors import PrunetaxError
+    from prunetax.taxonomy.errors import PrunetaxError
 
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
@@ -51,10 +51,10 @@ def load_model(args, data, device):
     """The model of ``args`` for ``data``: from --checkpoint or the (cached) baseline of --seed."""
     import torch
 
-    from benchmarks.data import model_input_spec
-    from benchmarks.models import create_model
-    from benchmarks.training import train_baseline
-    from taxonomy.errors import PrunetaxError
+    from prunetax.benchmarks.data import model_input_spec
+    from prunetax.benchmarks.models import create_model
+    from prunetax.benchmarks.training import train_baseline
+    from prunetax.taxonomy.errors import PrunetaxError
 
     if args.checkpoint:
         in_ch, size, classes = model_input_spec(data)
@@ -80,11 +80,11 @@ def load_model(args, data, device):
 def run(args) -> int:
     import pyarrow.parquet as pq
 
-    from benchmarks.data import load_dataset
-    from benchmarks.io import atomic_path
-    from benchmarks.training import recipe_for, resolve_device
-    from metrics import analyze, saliencies
-    from taxonomy.errors import PrunetaxError
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.io import atomic_path
+    from prunetax.benchmarks.training import recipe_for, resolve_device
+    from prunetax.metrics import analyze, saliencies
+    from prunetax.taxonomy.errors import PrunetaxError
 
     if args.images < 1 or args.batch_size < 1:
         raise PrunetaxError("--images and --batch-size must be positive")

@@ -7,7 +7,7 @@ HELP = "Show a zoo model's producers, pruning units and weight/MAC counts."
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="zoo model name (see benchmarks.models.list_models)")
+    parser.add_argument("--model", required=True, help="zoo model name (see prunetax.benchmarks.models.list_models)")
     parser.add_argument("--in-channels", type=int, default=3, help="input image channels (default 3)")
     parser.add_argument("--num-classes", type=int, default=10, help="number of classes (default 10)")
     parser.add_argument("--input-size", type=int, default=32, help="input height and width (default 32)")
@@ -17,8 +17,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
-    from benchmarks.models import create_model
-    from metrics.structure import analyze
+    from prunetax.benchmarks.models import create_model
+    from prunetax.metrics.structure import analyze
 
     model = create_model(args.model, in_channels=args.in_channels, num_classes=args.num_classes,
                          input_size=args.input_size).eval()

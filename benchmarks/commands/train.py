@@ -7,7 +7,7 @@ HELP = "Train a baseline network on a data set (cached by recipe hash) and print
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", required=True, help="model name (see benchmarks.models.list_models)")
+    parser.add_argument("--model", required=True, help="model name (see prunetax.benchmarks.models.list_models)")
     parser.add_argument("--dataset", default="mnist",
                         help="mnist (default), fashion-mnist, cifar10, cifar100 or imagefolder:PATH")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
@@ -21,7 +21,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from benchmarks.training import train_baseline
+    from prunetax.benchmarks.training import train_baseline
 
     _, info = train_baseline(args.model, args.dataset, args.seed, epochs=args.epochs, device=args.device,
                              cache_dir=args.cache_dir, data_root=args.data_root, progress=True,

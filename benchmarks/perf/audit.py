@@ -20,7 +20,7 @@ step's overhead can be measured and reduced without a GPU.
   CPU tensor: an error when it meets a CUDA tensor, or a host-to-device copy when moved.
   A factory meant for the host says ``device="cpu"`` and is not counted.
 
-Used by ``benchmarks.perf.step_overhead`` (per-step figures) and tests/test_device_audit.py.
+Used by ``prunetax.benchmarks.perf.step_overhead`` (per-step figures) and tests/test_device_audit.py.
 """
 from __future__ import annotations
 

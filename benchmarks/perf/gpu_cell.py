@@ -1,8 +1,8 @@
 """Issue 6: one full cell, fast -- measured against the hardware, a plain loop and Torch-Pruning.
 
-    python -m benchmarks.perf.gpu_cell --size tiny                 # seconds; what the test runs
-    python -m benchmarks.perf.gpu_cell --size small --device cpu   # lenet5, 12 metrics, 500 test images
-    python -m benchmarks.perf.gpu_cell --size full --device cuda --out gpu_cell.csv
+    python -m prunetax.benchmarks.perf.gpu_cell --size tiny                 # seconds; what the test runs
+    python -m prunetax.benchmarks.perf.gpu_cell --size small --device cpu   # lenet5, 12 metrics, 500 test images
+    python -m prunetax.benchmarks.perf.gpu_cell --size full --device cuda --out gpu_cell.csv
                                                                    # resnet20 x paper-308 x full test set
 
 Five targets in one call (``--skip 3,4`` leaves some out):
@@ -72,7 +72,7 @@ def _sync(dev: torch.device) -> None:
 
 def resolve_metric_list(text: str) -> list[str]:
     """A preset name, a comma-separated list of ids, or a glob over the paper preset's ids."""
-    from enumerate import PRESETS, metric_space
+    from prunetax.enumerate import PRESETS, metric_space
     text = text.strip()
     if text in PRESETS:
         return [str(m) for m in metric_space(text)]
@@ -164,7 +164,7 @@ def _batch(data, rows: int, dev):
 
 def run_harness(ctx, metrics, schedule: str, precision: str = "fp32", counter: RowCounter | None = None):
     """The harness on ``metrics``: (seconds, {name: (crossing rates, crossing step)})."""
-    from benchmarks.protocol import _crossing, prune
+    from prunetax.benchmarks.protocol import _crossing, prune
     proto = dataclasses.replace(ctx.proto, schedule=schedule)
     data, model = ctx.data, ctx.model
     stack = contextlib.ExitStack()
@@ -217,8 +217,8 @@ def tp_loop(ctx, kind: str):
     removal sequence as (root conv, original channel))."""
     import torch_pruning as tp
 
-    from benchmarks.protocol import _crossing, _Pruner
-    from benchmarks.training import evaluate
+    from prunetax.benchmarks.protocol import _crossing, _Pruner
+    from prunetax.benchmarks.training import evaluate
     net = copy.deepcopy(ctx.model).eval()
     for p in net.parameters():
         p.requires_grad_(True)        # Torch-Pruning traces the graph through autograd
@@ -332,10 +332,10 @@ def main(argv=None) -> int:
             cfg[k] = getattr(args, k)
     skip = {int(s) for s in args.skip.replace(" ", "").split(",") if s}
 
-    from benchmarks.cell import Protocol
-    from benchmarks.data import load_dataset
-    from benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
-    from metrics import MaskedModel, analyze
+    from prunetax.benchmarks.cell import Protocol
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
+    from prunetax.metrics import MaskedModel, analyze
 
     dev = resolve_device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
@@ -357,7 +357,7 @@ def main(argv=None) -> int:
     proto = Protocol(test_images=cfg["test_images"], saliency_batches=cfg["saliency_batches"])
     T = cfg["test_images"] or len(data.test_y)
     baseline = evaluate(model, data.test_x[:T], data.test_y[:T])
-    from benchmarks.protocol import resolve_metrics
+    from prunetax.benchmarks.protocol import resolve_metrics
     metrics = [t.name for t in resolve_metrics(resolve_metric_list(cfg["metrics"]), st)]
     ctx = SimpleNamespace(model=model, masked=masked, st=st, data=data, proto=proto, seed=args.seed,
                           dev=dev, baseline=baseline)
@@ -425,9 +425,9 @@ def main(argv=None) -> int:
         verdict[3] = "skipped: --skip"
     else:
         try:
-            from benchmarks.perf.harness_vs_loop import plain_loop
+            from prunetax.benchmarks.perf.harness_vs_loop import plain_loop
         except ImportError as e:
-            plain_loop, verdict[3] = None, f"skipped: benchmarks.perf.harness_vs_loop not importable ({e})"
+            plain_loop, verdict[3] = None, f"skipped: prunetax.benchmarks.perf.harness_vs_loop not importable ({e})"
         if plain_loop is not None:
             n = max(1, min(cfg["loop_metrics"], len(metrics)))
             sub = [metrics[round(i * (len(metrics) - 1) / max(1, n - 1))] for i in range(n)] if n > 1 else metrics[:1]
@@ -512,8 +512,8 @@ def main(argv=None) -> int:
 def _warm_up(ctx, metrics) -> None:
     """One saliency pass of every metric and one test pass, untimed (lazy initialisation,
     kernel selection, allocator growth), so the first timed run is not charged for them."""
-    from benchmarks.cell import REFERENCES
-    from benchmarks.protocol import _Pruner, resolve_metrics
+    from prunetax.benchmarks.cell import REFERENCES
+    from prunetax.benchmarks.protocol import _Pruner, resolve_metrics
     pr = _Pruner(ctx.model, ctx.st, ctx.masked, ctx.data, ctx.proto, ctx.seed, ctx.dev)
     runs = [t.run_metric for t in resolve_metrics(metrics, ctx.st) if t.metric not in REFERENCES]
     keep = torch.ones(len(runs) or 1, ctx.st.num_units, dtype=torch.bool, device=ctx.dev)

@@ -1,12 +1,12 @@
 """One cell two ways: the batched harness vs a plain loop; the scores must agree.
 
 The plain loop is the protocol as one would first write it: one metric at a time, saliencies
-from ``metrics.saliencies`` on the current mask, the argmin unit removed, test accuracy after
+from ``prunetax.metrics.saliencies`` on the current mask, the argmin unit removed, test accuracy after
 every step. The harness runs all metrics' trajectories together (``prune``, fast schedule).
 Both read the same saliency images at each step, so their removal sequences are the same and
 their crossings must agree. Prints a table, then ``ratio: X`` (loop time / harness time) last.
 
-    python -m benchmarks.perf.harness_vs_loop [--model lenet5] [--test-images 2000] [--device cpu]
+    python -m prunetax.benchmarks.perf.harness_vs_loop [--model lenet5] [--test-images 2000] [--device cpu]
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ DEFAULT_METRICS = ("weight-value-l1-none,weight-value-l2-weights_removed,activat
 
 def plain_loop(model, structure, masked, data, metric_text, protocol, seed, device, baseline):
     """One metric, every step evaluated, nothing batched: the reference."""
-    from benchmarks.protocol import _crossing, _Pruner, resolve_metrics
-    from metrics import saliencies
+    from prunetax.benchmarks.protocol import _crossing, _Pruner, resolve_metrics
+    from prunetax.metrics import saliencies
 
     pr = _Pruner(model, structure, masked, data, protocol, seed, device)
     t = resolve_metrics([metric_text], structure)[0]
@@ -69,11 +69,11 @@ def main(argv=None) -> None:
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
 
-    from benchmarks.cell import Protocol
-    from benchmarks.data import load_dataset
-    from benchmarks.protocol import _crossing, prune
-    from benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
-    from metrics import MaskedModel, analyze
+    from prunetax.benchmarks.cell import Protocol
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.protocol import _crossing, prune
+    from prunetax.benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
+    from prunetax.metrics import MaskedModel, analyze
 
     dev = resolve_device(args.device)
     recipe = recipe_for(args.model, args.dataset, args.epochs)

@@ -1,7 +1,7 @@
 """Kill-and-resume check of the grid runner: SIGKILL ``prunetax bench`` at random moments, re-run
 until done, and compare the results with an uninterrupted run's.
 
-    python -m benchmarks.perf.kill_resume [--kills 5] [--fake] [--workdir DIR] [--seed 0]
+    python -m prunetax.benchmarks.perf.kill_resume [--kills 5] [--fake] [--workdir DIR] [--seed 0]
 
 Default: a real grid of 6 tiny cells (lenet5 on mnist, 2,000 training images, 1 epoch, 500 test
 images, 3 metrics, seeds 0-5) with a fresh baseline cache. ``--fake`` swaps run_cell for a fast
@@ -34,14 +34,14 @@ def bench_argv(results, cache, seeds=(0, 1, 2, 3), metrics=METRICS) -> list[str]
 
 def command(argv: list[str], fake: bool) -> list[str]:
     if fake:
-        return [sys.executable, "-m", "benchmarks.perf.kill_resume", "--child-fake", *argv]
-    return [sys.executable, "-m", "benchmarks", *argv]
+        return [sys.executable, "-m", "prunetax.benchmarks.perf.kill_resume", "--child-fake", *argv]
+    return [sys.executable, "-m", "prunetax", *argv]
 
 
 # ------------------------------------------------------------------ the fake runner (--fake)
 def fake_run_cell(cell, device="auto", cache_dir=None, data_root=None, progress=False):
     """Deterministic rows and trajectories from the cell alone, after a short sleep."""
-    from benchmarks.cell import ROW_COLUMNS, CellResult
+    from prunetax.benchmarks.cell import ROW_COLUMNS, CellResult
 
     time.sleep(float(os.environ.get("PRUNETAX_FAKE_SLEEP", "1.0")))
     rows, traj = [], []
@@ -61,17 +61,17 @@ def fake_run_cell(cell, device="auto", cache_dir=None, data_root=None, progress=
 
 
 def _child_fake(argv: list[str]) -> int:
-    import benchmarks.grid
-    from benchmarks.cli import main
+    import prunetax.benchmarks.grid
+    from prunetax.benchmarks.cli import main
 
-    benchmarks.grid._run_cell = fake_run_cell
+    prunetax.benchmarks.grid._run_cell = fake_run_cell
     return main(argv)
 
 
 # ------------------------------------------------------------------ the check
 def scores_rows(results) -> list[tuple]:
     """Scores as sorted tuples without the volatile columns."""
-    from benchmarks.results import read_scores
+    from prunetax.benchmarks.results import read_scores
 
     t = read_scores(results)
     t = t.drop_columns([c for c in VOLATILE if c in t.column_names])
@@ -79,7 +79,7 @@ def scores_rows(results) -> list[tuple]:
 
 
 def trajectory_rows(results) -> list[tuple]:
-    from benchmarks.results import read_trajectories
+    from prunetax.benchmarks.results import read_trajectories
 
     return sorted(tuple((k, repr(v)) for k, v in r.items()) for r in read_trajectories(results).to_pylist())
 

@@ -1,10 +1,10 @@
 """Cost of computing every metric from one pass, relative to one plain forward+backward (issue 4).
 
-    python -m benchmarks.perf.saliency_cost                      # resnet20, batch 256, domino (924)
-    python -m benchmarks.perf.saliency_cost --batch 64 --repeats 3   # the quick, CI-sized run
+    python -m prunetax.benchmarks.perf.saliency_cost                      # resnet20, batch 256, domino (924)
+    python -m prunetax.benchmarks.perf.saliency_cost --batch 64 --repeats 3   # the quick, CI-sized run
 
 Prints the median time of one forward+backward of the plain model (summed cross-entropy,
-``loss.backward()``), the median time of ``metrics.saliencies(model, structure, [(x, y)], specs)``
+``loss.backward()``), the median time of ``prunetax.metrics.saliencies(model, structure, [(x, y)], specs)``
 (MaskedModel built inside the call, as a user calling it once would), a breakdown of where the
 metrics time goes (medians over the repeats, measured by wrapping the engine's stages), and LAST
 ``ratio: X`` = metrics time / forward+backward time. Random weights, eval mode, random BN stats.
@@ -45,14 +45,14 @@ class _Stages:
     # (label, module, attribute); times are exclusive: a stage called inside another is
     # subtracted from it (per-image weight grads are formed inside Accumulator.add, in chunks)
     POINTS = [
-        ("setup (MaskedModel trace)", "metrics.saliency", "MaskedModel"),
-        ("signals collection (fwd+bwd with taps)", "metrics.saliency", "collect"),
-        ("LM curvature (primal + squared twin)", "metrics.signals", "_curvature"),
-        ("per-image weight grads (unfold+einsum)", "metrics.signals", "_weight_grads"),
-        ("BN grads", "metrics.signals", "_bn_grads"),
-        ("pointwise/reduction kernels (Accumulator.add)", "metrics.engine", "Accumulator.add"),
-        ("Domino + scaling (finalize)", "metrics.saliency", "finalize"),
-        ("nonfinite count", "metrics.saliency", "nonfinite_count"),
+        ("setup (MaskedModel trace)", "prunetax.metrics.saliency", "MaskedModel"),
+        ("signals collection (fwd+bwd with taps)", "prunetax.metrics.saliency", "collect"),
+        ("LM curvature (primal + squared twin)", "prunetax.metrics.signals", "_curvature"),
+        ("per-image weight grads (unfold+einsum)", "prunetax.metrics.signals", "_weight_grads"),
+        ("BN grads", "prunetax.metrics.signals", "_bn_grads"),
+        ("pointwise/reduction kernels (Accumulator.add)", "prunetax.metrics.engine", "Accumulator.add"),
+        ("Domino + scaling (finalize)", "prunetax.metrics.saliency", "finalize"),
+        ("nonfinite count", "prunetax.metrics.saliency", "nonfinite_count"),
     ]
 
     def __init__(self, device):
@@ -111,9 +111,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args(argv)
 
-    from benchmarks.models import create_model
-    from enumerate import metric_space
-    from metrics import analyze, saliencies
+    from prunetax.benchmarks.models import create_model
+    from prunetax.enumerate import metric_space
+    from prunetax.metrics import analyze, saliencies
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Host syncs and kernel launches per pruning step, counted on any device (no GPU needed).
 
-    python -m benchmarks.perf.step_overhead                                # lenet5, 13 metrics
-    python -m benchmarks.perf.step_overhead --model resnet20 --metrics paper --steps 2
+    python -m prunetax.benchmarks.perf.step_overhead                                # lenet5, 13 metrics
+    python -m prunetax.benchmarks.perf.step_overhead --model resnet20 --metrics paper --steps 2
 
 On a GPU a step of the harness pays, besides its FLOPs, a few microseconds of CPU per aten op
 (kernel launch) and a pipeline drain per host sync (``.item()``, ``bool(t)``, ``.tolist()``,
@@ -48,9 +48,9 @@ class _Profiled:
 
 def build(model_name: str, dataset: str, test_images: int, eval_images: int, seed: int, device):
     """A randomly initialised zoo model, its structure and masked copy, and a small data set."""
-    from benchmarks.data import load_dataset
-    from benchmarks.models import create_model
-    from metrics import MaskedModel, analyze
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.models import create_model
+    from prunetax.metrics import MaskedModel, analyze
 
     data = load_dataset(dataset, eval_size=max(eval_images, 1), seed=0, device=device)
     torch.manual_seed(seed)
@@ -70,7 +70,7 @@ def build(model_name: str, dataset: str, test_images: int, eval_images: int, see
 
 def run_steps(model, st, masked, data, metrics, protocol, device, steps: int, evaluator: str, audit=None):
     """Run the harness for ``steps`` steps (plus one warm-up step outside ``audit``)."""
-    from benchmarks.protocol import prune
+    from prunetax.benchmarks.protocol import prune
 
     state = {"t": None}
 
@@ -92,11 +92,11 @@ def run_steps(model, st, masked, data, metrics, protocol, device, steps: int, ev
 
 
 def main(argv=None) -> int:
-    from benchmarks.cell import Protocol
-    from benchmarks.perf.audit import Audit
-    from benchmarks.perf.gpu_cell import resolve_metric_list
-    from benchmarks.protocol import resolve_metrics
-    from benchmarks.training import resolve_device
+    from prunetax.benchmarks.cell import Protocol
+    from prunetax.benchmarks.perf.audit import Audit
+    from prunetax.benchmarks.perf.gpu_cell import resolve_metric_list
+    from prunetax.benchmarks.protocol import resolve_metrics
+    from prunetax.benchmarks.training import resolve_device
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet5")
@@ -112,14 +112,14 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=15, help="call sites listed")
     ap.add_argument("--cpu-chunks", action="store_true",
                     help="keep the CPU's small per-image chunks (by default the counts use the GPU's chunk "
-                         "size, metrics.engine.GPU_WEIGHT_CHUNK_BYTES, as a GPU run would)")
+                         "size, prunetax.metrics.engine.GPU_WEIGHT_CHUNK_BYTES, as a GPU run would)")
     ap.add_argument("--no-host-floor", dest="host_floor", action="store_false",
                     help="skip the second, profiled run on one image (the host's Python time per step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     if not args.cpu_chunks:
-        import metrics.engine as E
+        import prunetax.metrics.engine as E
         E.WEIGHT_CHUNK_BYTES = E.GPU_WEIGHT_CHUNK_BYTES
     text = args.metrics
     if text == "quick":

@@ -1,0 +1,5 @@
+import sys
+
+from prunetax.benchmarks.cli import main
+
+sys.exit(main())
