@@ -453,7 +453,7 @@ def _row(cell, t: Trajectory, crossing, step, baseline, p: Protocol, dev, wall) 
             "channels_removed_pct": crossing[1], "macs_removed_pct": crossing[2], "steps": step,
             "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
             "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
-            "prunetax_version": prunetax.benchmarks.__version__, "torch_version": torch.__version__,
+            "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
             "device": str(dev), "wall_seconds": wall}
 
 

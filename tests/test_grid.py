@@ -144,7 +144,7 @@ def test_run_grid_resumes_and_skips(tmp_path, fake):
 
 def test_public_run_writes_one_cell(tmp_path, fake):
     c = grid_cells(BASE)[0]
-    res = prunetax.benchmarks.run(c, results=tmp_path)
+    res = benchmarks.run(c, results=tmp_path)
     assert res.cell == c and cell_done(tmp_path, c)
 
 

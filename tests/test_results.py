@@ -165,7 +165,7 @@ def test_bad_row_type_is_one_line_error(tmp_path):
 
 def test_leaderboard_statistics_by_hand(tmp_path):
     write_grid(tmp_path)
-    board = prunetax.benchmarks.leaderboard(tmp_path)  # the public name
+    board = benchmarks.leaderboard(tmp_path)  # the public name
     rows = board.to_pylist()
     assert [r["metric_id"] for r in rows] == ["oracle", "activation-value-l2-elements", "weight-value-l1-none",
                                               "random"]

@@ -238,7 +238,7 @@ def _check_mask_equals_slim(model, s, x, trials=3):
     model.eval()
     for _ in range(trials):
         keep = torch.rand(s.num_units) < 0.6
-        mm = prunetax.metrics.MaskedModel(model, s).eval()
+        mm = metrics.MaskedModel(model, s).eval()
         mm.set_keep(keep)
         with torch.no_grad():
             torch.testing.assert_close(mm(x), slim(model, s, keep).eval()(x), atol=1e-5, rtol=0)
