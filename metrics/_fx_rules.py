@@ -6,6 +6,9 @@ channel (``FIXED`` for channels that can never be removed, ``EMPTY`` for zero-pa
 A rule turns the ``Channels`` of a node's tensor arguments into the ``Channels`` of its output
 and says whether the op keeps a zero channel zero (``zero_preserving``); ops that do not (a
 BatchNorm, ``x + 1``, a sigmoid) get the mask re-applied after them.
+
+``register_layer_rule`` adds a ``LayerRule`` for a custom layer: its channel map, whether it keeps
+zeros zero, how to slim it and how the LM curvature crosses it (``lm``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prunetax.metrics._types import StructureError
+
 FIXED = 0   # union-find id of "never removable" (network input, network output)
 EMPTY = -1  # a zero channel made by padding: no producer behind it
 
@@ -28,34 +33,73 @@ class Channels:
     kernel: int = 1    # features per channel along dim 1 (H*W after a flatten, else 1)
 
 
+LM_STRUCTURAL = "structural"
+
+
 @dataclass(frozen=True)
 class LayerRule:
-    """A registered channel rule for a custom module class, function or method name."""
-    channels: str | Callable  # "passthrough" or fn(num_in_channels, module_or_None, *args, **kwargs) -> long [C_out]
+    """A registered rule for a custom module class, function or method name: one field per face.
+
+    - ``channels`` (structure, units): ``"passthrough"`` or
+      ``fn(num_in_channels, module_or_None, *args, **kwargs) -> long [C_out]``;
+    - ``zero_preserving`` (masking): whether a zero input channel stays zero (if not, the mask is
+      re-applied after the layer);
+    - ``slim`` (physical removal): ``fn(module, keep_in: bool [C_in]) -> smaller module`` for
+      modules holding per-channel state, None for stateless ones (kept as they are);
+    - ``lm`` (the Levenberg-Marquardt curvature of ``hessian_lm`` / ``taylor2_lm`` metrics): how the
+      squared twin crosses the layer, ``"structural"`` or ``fn(t, module_or_None, *args, **kwargs)``;
+      None: no LM face (a metric that needs one raises an error naming the layer).
+    """
+    channels: str | Callable
     zero_preserving: bool = True
-    slim: Callable | None = None  # fn(module, keep_in: bool [C_in]) -> smaller module (modules only)
+    slim: Callable | None = None
+    lm: str | Callable | None = None
 
 
 _CUSTOM: dict[object, LayerRule] = {}
 
 
-def register_layer_rule(target, channels="passthrough", *, zero_preserving: bool = True, slim=None) -> None:
-    """Tell the analysis how ``target`` maps channels.
+def register_layer_rule(target, channels="passthrough", *, zero_preserving: bool = True, slim=None,
+                        lm=None) -> None:
+    """Tell the analysis, the masking, the slimming and the LM curvature how ``target`` behaves.
 
     ``target``: an ``nn.Module`` subclass (traced as a leaf), a function (``torch.roll``) or a
-    method name (``"roll"``). ``channels``: ``"passthrough"`` (output channel c is input
-    channel c, e.g. an element-wise op) or ``fn(num_in_channels, module_or_None, *args, **kwargs)``
-    (the call's own arguments; tensors appear as fx nodes) returning a long tensor with, for each
-    output channel, the input channel it comes from (-1 for a new zero channel).
+    method name (``"roll"``). Every output channel of the layer comes from one input channel (or
+    is a new zero channel): a registered layer is never a producer.
+
+    ``channels``: ``"passthrough"`` (output channel c is input channel c, e.g. an element-wise op)
+    or ``fn(num_in_channels, module_or_None, *args, **kwargs)`` (the call's own arguments; tensors
+    appear as fx nodes) returning a long tensor with, for each output channel, the input channel
+    it comes from (-1 for a new zero channel).
+
     ``zero_preserving``: whether a zero input channel gives a zero output channel (if not, the
     mask is re-applied after it). ``slim``: for modules holding per-channel state,
     ``fn(module, keep_in: bool [C_in]) -> module`` building the smaller module.
-    """
-    from prunetax.metrics.structure import StructureError
 
+    ``lm``: how the Levenberg-Marquardt curvature crosses the layer, needed by every
+    ``hessian_lm`` / ``taylor2_lm`` metric on a network that uses it. The LM recursion back-
+    propagates ``h_x = (J∘J)^T h_y`` with J the layer's Jacobian at the current input; it is run
+    as the vector-Jacobian product of the network's *squared twin* (docs/metrics.md), so the
+    layer gives the twin's forward, ``t -> (J∘J) t``, and the transposed map follows by autograd:
+
+    - ``"structural"``: every output element is one input element or a constant (a roll, a
+      permutation, padding, cropping, ``x + offset``): J has entries 0 and 1, J∘J = J, and the
+      twin is the layer itself, called on the twin's values;
+    - ``fn(t, module_or_None, *args, **kwargs)``: ``t`` is the twin value of the layer's one
+      input-dependent tensor argument; ``args``/``kwargs`` are the call's own arguments at their
+      primal values (``args[0]`` is the layer's actual input ``x``). It returns ``(J∘J) t``, a
+      tensor shaped like the layer's output, linear in ``t``. An element-wise ``y = f(x)``:
+      ``lambda t, m, x: t * f'(x) ** 2``; a per-channel scale ``y = s[c] x``:
+      ``lambda t, m, x: t * m.s.view(1, -1, 1, 1) ** 2``.
+    """
     if not (channels == "passthrough" or callable(channels)):
         raise StructureError(f"channels must be 'passthrough' or a callable, got {channels!r}")
-    _CUSTOM[target] = LayerRule(channels, zero_preserving, slim)
+    if not (lm is None or lm == LM_STRUCTURAL or callable(lm)):
+        raise StructureError(f"lm must be None, {LM_STRUCTURAL!r} or a callable fn(t, module, *args, **kwargs), "
+                             f"got {lm!r}")
+    if slim is not None and not callable(slim):
+        raise StructureError(f"slim must be None or a callable fn(module, keep_in), got {slim!r}")
+    _CUSTOM[target] = LayerRule(channels, zero_preserving, slim, lm)
 
 
 def unregister_layer_rule(target) -> None:
@@ -77,6 +121,21 @@ def custom_rule(target) -> LayerRule | None:
 
 def custom_leaf_classes() -> tuple[type, ...]:
     return tuple(t for t in _CUSTOM if isinstance(t, type))
+
+
+def target_name(target) -> str:
+    """How a message names a rule's target: ``AddOffset``, ``torch.roll``, ``Tensor.roll``."""
+    if isinstance(target, nn.Module):
+        target = type(target)
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    name = getattr(target, "__name__", None) or repr(target)
+    if isinstance(target, type):
+        return name
+    mod = getattr(target, "__module__", None) or ""
+    mod = {"torch._C._nn": "torch.nn.functional", "_operator": "operator",
+           "torch._C._VariableFunctions": "torch"}.get(mod, mod)
+    return f"{mod}.{name}" if mod else name
 
 
 # --- classification of built-in ops ------------------------------------------------------------

@@ -15,6 +15,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from prunetax.metrics import _fx_rules as R
 from prunetax.metrics._fx_rules import EMPTY, FIXED, Channels
+from prunetax.metrics._types import StructureError
 
 _HOW = "register it with prunetax.metrics.register_layer_rule(...)"
 
@@ -25,8 +26,7 @@ class _Tracer(fx.Tracer):
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    from prunetax.metrics.structure import StructureError
-
+    """``model`` as an fx GraphModule; modules with a registered layer rule stay single leaves."""
     try:
         tracer = _Tracer()
         graph = tracer.trace(model)
@@ -72,8 +72,6 @@ class Walk:
     """Walks a traced graph once; results: ``layers`` (raw), ``info`` (node -> Channels), ``uf``."""
 
     def __init__(self, gm: fx.GraphModule, example_input: torch.Tensor):
-        from prunetax.metrics.structure import StructureError
-
         self.Error = StructureError
         self.gm = gm
         self.modules = dict(gm.named_modules())

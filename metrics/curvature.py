@@ -7,6 +7,10 @@ scales, pooling coefficients, constant factors), element-wise activations replac
 squared derivative at the primal input, max-pooling by the primal arg-max routing — which is a
 linear function of its input. Its vector-Jacobian product seeded with ``p(1-p)`` at the logits
 is then exactly the LM recursion, node by node; a tensor used twice receives the sum.
+
+A layer registered with ``register_layer_rule`` crosses the twin by its rule's ``lm`` face
+(``metrics/_fx_rules.py``): ``"structural"`` (the layer itself on the twin's values) or a
+callable giving the twin's forward ``t -> (J∘J) t``.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import torch.fx as fx
 from torch import nn
 from torch.nn import functional as F
 
+from prunetax.metrics._fx_rules import LM_STRUCTURAL, LayerRule, custom_rule, target_name
+from prunetax.metrics.masking import _Input, _Mask
 from prunetax.taxonomy.errors import PrunetaxError
 
 _RELU_LIKE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
@@ -61,6 +67,7 @@ class _Twin(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, primal: dict[str, object]):
         super().__init__(gm)
+        self.extra_traceback = False  # our errors name the node already, in one line
         self.primal = primal
         self.values: dict[str, torch.Tensor] = {}
         self.dependent: set[str] = set()
@@ -88,8 +95,11 @@ class _Twin(fx.Interpreter):
 
     def _twin(self, n, args, kwargs, deps):
         where = f"node '{n.name}' ({n.op} {getattr(n.target, '__name__', n.target)})"
+        m = self.module.get_submodule(n.target) if n.op == "call_module" else None
+        rule = custom_rule(m if m is not None else n.target)
+        if rule is not None and rule.lm is not None:
+            return self._custom(n, m, rule, args, kwargs, deps)
         if n.op == "call_module":
-            m = self.module.get_submodule(n.target)
             x = args[0]
             if isinstance(m, nn.Conv2d):
                 w = m.weight.detach()   # constants of the twin: no graph towards the parameters
@@ -121,8 +131,10 @@ class _Twin(fx.Interpreter):
                 return self._adaptive_avg(x, m.output_size, where)
             if isinstance(m, nn.Flatten):
                 return m(x)
-            if type(m).__name__ in ("_Mask", "_Input") and type(m).__module__ == "prunetax.metrics.masking":
+            if isinstance(m, (_Mask, _Input)):
                 return m(x)  # a 0/1 channel mask (squares to itself) or an identity
+            if rule is not None:
+                self._no_lm_face(n, m)
             raise PrunetaxError(f"LM curvature cannot square module {type(m).__name__} at {where}; "
                                 "hessian_lm metrics support conv, linear, BatchNorm, ReLU-like, pooling layers")
         target = n.target
@@ -172,8 +184,41 @@ class _Twin(fx.Interpreter):
             return target(*args, **kwargs)
         if n.op == "call_method" and target in _STRUCTURAL_METHODS:
             return getattr(args[0], target)(*args[1:], **kwargs)
+        if rule is not None:
+            self._no_lm_face(n, m)
         raise PrunetaxError(f"LM curvature cannot square {where}; hessian_lm metrics support linear ops, "
                             "ReLU-like activations, pooling, add, cat, flatten, pad and slicing")
+
+    # -- registered layer rules (register_layer_rule(..., lm=...)) ----------------------------------
+    @staticmethod
+    def _no_lm_face(n: fx.Node, m) -> None:
+        name = target_name(m if m is not None else n.target)
+        raise PrunetaxError(
+            f"LM curvature (hessian_lm, taylor2_lm) at node '{n.name}': the layer rule registered for {name} "
+            f"has no 'lm' face; register it with register_layer_rule({name}, ..., lm='structural') if it only "
+            "moves, copies or drops elements (or adds constants), or lm=fn(t, module, *args, **kwargs) returning "
+            "(J∘J) t, e.g. lambda t, m, x: t * df(x) ** 2 for an element-wise f")
+
+    def _custom(self, n: fx.Node, m, rule: LayerRule, args, kwargs, deps):
+        name = target_name(m if m is not None else n.target)
+        if rule.lm == LM_STRUCTURAL:   # J has entries 0/1: J∘J = J, the twin is the layer itself
+            if m is not None:
+                return m(*args, **kwargs)
+            if n.op == "call_method":
+                return getattr(args[0], n.target)(*args[1:], **kwargs)
+            return n.target(*args, **kwargs)
+        if len(deps) != 1:
+            raise PrunetaxError(f"LM curvature at node '{n.name}' ({name}): a callable 'lm' face takes one "
+                                f"input-dependent tensor, this call has {len(deps)}")
+        primal_args = fx.node.map_arg(n.args, lambda a: self.primal[a.name])
+        primal_kwargs = fx.node.map_arg(n.kwargs, lambda a: self.primal[a.name])
+        out = rule.lm(self.env[deps[0]], m, *primal_args, **primal_kwargs)
+        want = self.primal[n.name]
+        if not isinstance(out, torch.Tensor) or not isinstance(want, torch.Tensor) or out.shape != want.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise PrunetaxError(f"LM curvature at node '{n.name}' ({name}): the 'lm' face returned {got}, "
+                                f"the layer's output has shape {tuple(getattr(want, 'shape', ()))}")
+        return out
 
     @staticmethod
     def _maxpool(x, primal_in, kernel_size, stride, padding, dilation, ceil_mode):

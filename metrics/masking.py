@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from prunetax.metrics._trace import trace
-from prunetax.metrics.structure import Structure, StructureError
+from prunetax.metrics._types import Structure, StructureError
 from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["MaskedModel", "slim"]
@@ -212,9 +212,13 @@ def slim(model: nn.Module, structure: Structure, keep: torch.Tensor) -> nn.Modul
                 rule = structure.custom.get(node.name)
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     _set_module(gm, node.target, _slim_bn(m, kept(structure.node_units[node.name][0])))
-                elif rule is not None and rule.slim is not None:
+                elif rule is not None:
                     units, kernel = structure.node_units[node.args[0].name]
-                    _set_module(gm, node.target, rule.slim(m, kept(units).repeat_interleave(kernel)))
+                    keep_in = kept(units).repeat_interleave(kernel)
+                    if rule.slim is not None:
+                        _set_module(gm, node.target, rule.slim(m, keep_in))
+                    elif not bool(keep_in.all()):
+                        _check_no_channel_state(node, m, len(keep_in))
             if node.name in structure.pads:
                 front, back = structure.pads[node.name]
                 units = kept(structure.node_units[node.name][0])
@@ -222,6 +226,18 @@ def slim(model: nn.Module, structure: Structure, keep: torch.Tensor) -> nn.Modul
                 _set_pad(node, new_front, new_back)
     gm.recompile()
     return gm
+
+
+def _check_no_channel_state(node: fx.Node, m: nn.Module, channels: int) -> None:
+    """A registered module without a ``slim`` face is kept as it is; refuse it when it holds a
+    per-channel tensor (one of ``channels`` entries once size-1 dims are dropped), which would no
+    longer match its smaller input."""
+    for name, t in [*m.named_parameters(), *m.named_buffers()]:
+        if t is not None and tuple(d for d in t.shape if d != 1) == (channels,):
+            raise StructureError(
+                f"cannot slim node '{node.name}' ({type(m).__name__}): it holds per-channel state ({name}: "
+                f"{list(t.shape)}) and its layer rule has no 'slim' face; register it with "
+                f"register_layer_rule({type(m).__name__}, ..., slim=fn(module, keep_in) -> smaller module)")
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from prunetax.metrics.curvature import lm_curvature, record_forward
+from prunetax.metrics.masking import _Input, _Mask
 
 
 @dataclass
@@ -170,9 +171,8 @@ def _curvature(masked, x, needs, weight_layers, bn_layers, primal=None, logits=N
     gm = masked.graph_module
     st = masked.structure
     by_target = {n.target: n.name for n in gm.graph.nodes if n.op == "call_module"}
-    mask_node = {m.tap: by_target[t] for t, m in gm.named_children()
-                 if type(m).__name__ == "_Mask" and getattr(m, "tap", None)}
-    input_node = {m.layer: by_target[t] for t, m in gm.named_children() if type(m).__name__ == "_Input"}
+    mask_node = {m.tap: by_target[t] for t, m in gm.named_children() if isinstance(m, _Mask) and m.tap}
+    input_node = {m.layer: by_target[t] for t, m in gm.named_children() if isinstance(m, _Input)}
     wanted: dict[tuple, str] = {}
     for name in needs.act:
         wanted[("act", name)] = mask_node[name]
