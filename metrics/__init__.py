@@ -1,6 +1,6 @@
-"""HOW a metric is computed on a network: structure (units), masking, signals, kernels, Domino.
+"""HOW a metric is computed on a network: structure (units), masking, signals, kernels, the engine.
 
-Imports are lazy so that ``import metrics`` stays fast: names load on first use.
+Imports are lazy so that ``import prunetax.metrics`` stays fast: names load on first use.
 """
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ _LAZY = {
     "saliencies": "prunetax.metrics.saliency",
     "SaliencyResult": "prunetax.metrics.saliency",
     "lm_curvature": "prunetax.metrics.curvature",
+    # the engine's one verb and the state it owns
+    "evaluate_metrics": "prunetax.metrics.engine",
+    "MetricEvaluator": "prunetax.metrics.engine",
+    "MetricValues": "prunetax.metrics.engine",
+    # one registry per computing axis (docs/metrics.md), and their removal (plug-ins, tests)
+    "register_pointwise": "prunetax.metrics.kernels",
+    "register_reduction": "prunetax.metrics.kernels",
+    "register_aggregation": "prunetax.metrics.kernels",
+    "register_structure": "prunetax.metrics.kernels",
+    "register_scaling": "prunetax.metrics.kernels",
+    "unregister_kernel": "prunetax.metrics.kernels",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,12 +1,40 @@
-"""Component kernels: one registered, vectorised function per pointwise function and reduction.
+"""Component kernels: one registered function per component of every axis that computes something.
 
-Shapes: element tensors are ``[..., C, E]`` (channels, elements); a pointwise kernel maps the
-value ``x``, its gradient ``g`` and LM curvature ``h`` (either may be None when not needed) to
-``f`` of the same shape; a reduction maps ``f`` to ``[..., C]`` by reducing the last dim.
-Adding a component is one registered function here plus its taxonomy entry (and a test).
+A metric's value is ``scaling(structure(aggregation(reduction(pointwise(x)))))`` (docs/metrics.md);
+each of those five axes has a registry here, and the engine (``prunetax.metrics.engine``) looks
+every component up by its id, never by an ``if name == ...`` chain. Adding a component is one
+``prunetax.taxonomy.register_component`` entry, one function registered here with the matching
+decorator, and its test (tests/test_kernels.py):
+
+- ``@register_pointwise(id, needs=(), stats=None)``: ``f = fn(x, g, h)`` per element, shapes
+  ``[..., C, E]`` (channels, elements); ``g``, ``h`` are None unless ``needs`` names them.
+  ``stats`` (optional) is the pointwise's *statistics recipe* for the engine's shared fast path:
+  ``stats(w, st)`` returns the statistic ``st`` (``sum`` Σf, ``l1`` Σ|f|, ``l2`` Σf²) of f formed
+  from a :class:`SharedStats` workspace ``w``, which shares intermediates (``x*g``, ``x²h/2``)
+  between the pointwise functions of the same elements. Without a recipe the component runs on
+  the generic path (its kernel, then the reduction kernel), with the same meaning.
+- ``@register_reduction(id, stat=None, finish=None)``: ``R = fn(f)`` reduces the last dim. ``stat``
+  and ``finish`` (optional) say how the fast path forms it from a per-image statistic: the
+  statistic ``stat`` of f, then ``finish`` applied in place to it in float64 (e.g. ``abs_``).
+- ``@register_aggregation(id, reduce_first)``: over the images of the saliency batches. With
+  ``reduce_first`` the running total is ``Σ_n R(f_n)`` (float64), else ``Σ_n f_n``; ``fn(total,
+  reduce, n)`` turns the total of ``n`` images into the aggregated, reduced saliency ``s``.
+  ``reduce_first`` aggregations get the total of many sites stacked in one tensor (``reduce`` is
+  then None). Only ``reduce_first`` aggregations take the fast path.
+- ``@register_structure(id, consumers=False)``: ``D = fn(own, consumer, ctx)`` sums a per-channel
+  quantity over the channels a removal takes along (``own``: ``[..., C]``, every scored producer's
+  channels side by side; ``consumer(name)``: the same quantity of consumer layer ``name``'s input
+  slices, available when ``consumers=True``; ``ctx``: unit sums, see
+  ``prunetax.metrics.engine.finalize.Layout``). It is applied to the saliencies and, for the
+  ``elements`` scaling, to the element counts.
+- ``@register_scaling(id)``: ``d = fn(D, specs, ctx)``: the divisor (broadcastable to ``D``,
+  ``[M, K, C]``) of the Domino sums ``D`` of the ``M`` specs ``specs`` that use this scaling; ``ctx``
+  gives the kept channels, per-layer sums, element counts and weights removed (see
+  ``prunetax.metrics.engine.finalize.Layout``). A divisor of 0 is replaced by 1.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -14,186 +42,337 @@ import torch
 from prunetax.taxonomy import vocab
 from prunetax.taxonomy.errors import SpecError
 
-Pointwise = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
-
-POINTWISE: dict[str, Pointwise] = {}
-NEEDS: dict[str, frozenset[str]] = {}   # which signals a pointwise function reads: "g", "h"
-REDUCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+KERNEL_AXES = ("pointwise", "reduction", "aggregation", "structure", "scaling")
+STATISTICS = ("sum", "l1", "l2")       # what a SharedStats workspace forms: Σf, Σ|f|, Σf²
 
 
-def pointwise(name: str, needs: tuple[str, ...] = ()):
-    """Register the kernel of a taxonomy pointwise function."""
-    vocab.get("pointwise", name)  # it must be a registered component
+@dataclass(frozen=True)
+class Kernel:
+    """A registered component function and what the engine needs to know about it."""
+    axis: str
+    id: str
+    fn: Callable
+    needs: frozenset = frozenset()      # pointwise: signals read besides x ("g", "h")
+    stats: Callable | None = None       # pointwise: statistics recipe for the shared fast path
+    stat: str | None = None             # reduction: the per-image statistic it is formed from
+    finish: Callable | None = None      # reduction: in-place float64 op on that statistic
+    reduce_first: bool = True           # aggregation: running total of R(f_n) (else of f_n)
+    consumers: bool = False             # structure: reads the consumer layers' input slices
 
-    def deco(fn: Pointwise) -> Pointwise:
-        POINTWISE[name] = fn
-        NEEDS[name] = frozenset(needs)
-        return fn
-    return deco
+
+_KERNELS: dict[str, dict[str, Kernel]] = {axis: {} for axis in KERNEL_AXES}
 
 
-def reduction(name: str):
-    vocab.get("reduction", name)
+def _register(axis: str, name: str, **info):
+    comp = vocab.get(axis, name)          # it must be a registered taxonomy component
+    if comp.id in _KERNELS[axis]:
+        raise SpecError(f"{axis} {comp.id!r} already has a kernel; unregister_kernel({axis!r}, {comp.id!r}) first")
 
     def deco(fn):
-        REDUCTIONS[name] = fn
+        _KERNELS[axis][comp.id] = Kernel(axis, comp.id, fn, **info)
         return fn
     return deco
 
 
-@pointwise("value")
+def register_pointwise(name: str, needs: tuple[str, ...] = (), stats: Callable | None = None):
+    """Register the kernel ``fn(x, g, h) -> f`` of taxonomy pointwise ``name`` (a decorator).
+
+    ``needs``: the signals it reads besides ``x``: ``"g"`` (the image's own gradient), ``"h"``
+    (LM curvature). ``stats(w, st)``: optional statistics recipe (module docstring)."""
+    bad = set(needs) - {"g", "h"}
+    if bad:
+        raise SpecError(f"pointwise {name!r} needs {sorted(bad)}: only 'g' and 'h' exist")
+    return _register("pointwise", name, needs=frozenset(needs), stats=stats)
+
+
+def register_reduction(name: str, stat: str | None = None, finish: Callable | None = None):
+    """Register the kernel ``fn(f) -> R`` (reducing the last dim) of taxonomy reduction ``name``.
+
+    ``stat``/``finish``: optional fast-path recipe, ``R = finish(statistic stat of f)``."""
+    if stat is not None and stat not in STATISTICS:
+        raise SpecError(f"reduction {name!r}: stat must be one of {', '.join(STATISTICS)}")
+    if finish is not None and stat is None:
+        raise SpecError(f"reduction {name!r}: finish needs stat")
+    return _register("reduction", name, stat=stat, finish=finish)
+
+
+def register_aggregation(name: str, reduce_first: bool):
+    """Register ``fn(total, reduce, n) -> s`` of taxonomy aggregation ``name`` (module docstring)."""
+    return _register("aggregation", name, reduce_first=bool(reduce_first))
+
+
+def register_structure(name: str, consumers: bool = False):
+    """Register ``fn(own, consumer, ctx) -> D`` of taxonomy structure ``name`` (module docstring)."""
+    return _register("structure", name, consumers=bool(consumers))
+
+
+def register_scaling(name: str):
+    """Register ``fn(D, specs, ctx) -> divisor`` of taxonomy scaling ``name`` (module docstring)."""
+    return _register("scaling", name)
+
+
+def unregister_kernel(axis: str, name: str) -> None:
+    """Remove a registered kernel (a plug-in's or a test's); unknown names are ignored."""
+    if axis not in _KERNELS:
+        raise SpecError(f"unknown kernel axis {axis!r}; choose one of {', '.join(KERNEL_AXES)}")
+    _KERNELS[axis].pop(name, None)
+
+
+def registered(axis: str, name: str) -> Kernel:
+    """The registered kernel of component ``name`` on ``axis`` (raises SpecError naming the known ones)."""
+    table = _KERNELS[axis]
+    if name not in table:
+        raise SpecError(f"no {axis} kernel for {name!r}: register one with prunetax.metrics.register_{axis}(); "
+                        f"known: {', '.join(table)}")
+    return table[name]
+
+
+def kernel(axis: str, name: str) -> Callable:
+    """The registered function of component ``name`` on ``axis``."""
+    return registered(axis, name).fn
+
+
+def registered_ids(axis: str) -> tuple[str, ...]:
+    return tuple(_KERNELS[axis])
+
+
+# -- the shared fast path ---------------------------------------------------------------------------
+class SharedStats:
+    """The elements ``x, g, h`` of one site and everything formed from them, each formed once.
+
+    A statistics recipe asks for element tensors (``tensor``) and their statistics (``stat``);
+    both are cached by key, so pointwise functions of the same elements share ``x*g`` (``xg``),
+    ``(x*g)²`` (``xg2``) and ``x²h/2`` (``half_x2h``) and any statistic two recipes both need.
+    ``reduce(t)`` maps an element tensor to a tuple of reduced tensors (one per role, e.g.
+    producer rows and consumer slices); ``stat`` returns such a tuple.
+    """
+
+    def __init__(self, x, g, h, reduce):
+        self.x, self.g, self.h, self.reduce = x, g, h, reduce
+        self._tensors: dict = {}
+        self._reduced: dict = {}
+
+    def tensor(self, key, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The element tensor ``make()``, cached under ``key``."""
+        if key not in self._tensors:
+            self._tensors[key] = make()
+        return self._tensors[key]
+
+    def stat(self, key, make: Callable[[], torch.Tensor], st: str) -> tuple:
+        """Statistic ``st`` (sum Σt, l1 Σ|t|, l2 Σt²) of the element tensor ``t = make()``
+        (cached under ``(key, st)``; ``make`` is called only if the statistic is not cached)."""
+        if (key, st) not in self._reduced:
+            if st == "sum":
+                t = make()
+            elif st == "l1":
+                t = make().abs()
+            elif st == "l2":
+                t = make().square()
+            else:
+                raise SpecError(f"unknown statistic {st!r}; choose one of {', '.join(STATISTICS)}")
+            self._reduced[(key, st)] = self.reduce(t)
+        return self._reduced[(key, st)]
+
+    @staticmethod
+    def scale(c: float, rs: tuple) -> tuple:
+        return tuple(c * r for r in rs)
+
+    # intermediates shared by the built-in recipes
+    def xg(self) -> torch.Tensor:
+        return self.tensor("t", lambda: self.x * self.g)
+
+    def xg2(self) -> torch.Tensor:
+        return self.tensor("t2", lambda: self.xg() * self.xg())
+
+    def half_x2h(self) -> torch.Tensor:
+        return self.tensor("q", lambda: 0.5 * self.tensor("x2", lambda: self.x * self.x) * self.h)
+
+
+def fast_path(pointwise: str, aggregation: str, reductions) -> bool:
+    """Whether a site takes the shared fast path: the pointwise and every reduction have a
+    statistics recipe and the aggregation reduces each image first."""
+    return (registered("aggregation", aggregation).reduce_first and registered("pointwise", pointwise).stats is not None
+            and all(registered("reduction", r).stat is not None for r in reductions))
+
+
+def pointwise_stats(x, g, h, want: dict, reduce) -> dict:
+    """The statistics of several pointwise functions f of the same elements, sharing the work.
+
+    ``want``: {pointwise: set of statistics}, each pointwise with a statistics recipe;
+    ``reduce(t)`` maps an element tensor to a tuple of reduced tensors (one per role). Returns
+    {(pointwise, statistic): tuple}. Values equal the per-spec kernels up to float rounding.
+    """
+    w = SharedStats(x, g, h, reduce)
+    out = {}
+    for pw, stats in want.items():
+        recipe = registered("pointwise", pw).stats
+        for st in stats:
+            out[(pw, st)] = recipe(w, st)
+    return out
+
+
+# -- pointwise functions (per element, per image) ----------------------------------------------------
+def _value_stats(w, st):
+    return w.stat("x", lambda: w.x, st)
+
+
+@register_pointwise("value", stats=_value_stats)
 def _value(x, g, h):
     return x
 
 
-@pointwise("gradient", needs=("g",))
+def _gradient_stats(w, st):
+    return w.stat("g", lambda: w.g, st)
+
+
+@register_pointwise("gradient", needs=("g",), stats=_gradient_stats)
 def _gradient(x, g, h):
     return g.expand(torch.broadcast_shapes(x.shape, g.shape))
 
 
-@pointwise("taylor", needs=("g",))
+def _taylor_stats(w, st):
+    if st == "sum":
+        return w.scale(-1.0, w.stat("t", w.xg, "sum"))
+    if st == "l2":                                   # Σ(-xg)² = Σ(xg)², shared with hessian_gn
+        return w.stat("t2", w.xg2, "sum")
+    return w.stat("t", w.xg, st)
+
+
+@register_pointwise("taylor", needs=("g",), stats=_taylor_stats)
 def _taylor(x, g, h):
     return -x * g
 
 
-@pointwise("hessian_lm", needs=("h",))
+def _hessian_lm_stats(w, st):                        # non-negative: l1 = sum
+    return w.stat("q", w.half_x2h, "l2" if st == "l2" else "sum")
+
+
+@register_pointwise("hessian_lm", needs=("h",), stats=_hessian_lm_stats)
 def _hessian_lm(x, g, h):
     return 0.5 * x * x * h
 
 
-@pointwise("hessian_gn", needs=("g",))
+def _hessian_gn_stats(w, st):                        # non-negative: l1 = sum
+    if st == "l2":
+        return w.scale(0.25, w.stat("t2", w.xg2, "l2"))
+    return w.scale(0.5, w.stat("t2", w.xg2, "sum"))
+
+
+@register_pointwise("hessian_gn", needs=("g",), stats=_hessian_gn_stats)
 def _hessian_gn(x, g, h):
     return 0.5 * (x * g) ** 2
 
 
-@pointwise("taylor2_lm", needs=("g", "h"))
+def _taylor2_lm_stats(w, st):
+    return w.stat("f2lm", lambda: w.tensor("f2lm", lambda: w.half_x2h() - w.xg()), st)
+
+
+@register_pointwise("taylor2_lm", needs=("g", "h"), stats=_taylor2_lm_stats)
 def _taylor2_lm(x, g, h):
     return -x * g + 0.5 * x * x * h
 
 
-@pointwise("taylor2_gn", needs=("g",))
+def _taylor2_gn_stats(w, st):
+    return w.stat("f2gn", lambda: w.tensor("f2gn", lambda: 0.5 * w.xg2() - w.xg()), st)
+
+
+@register_pointwise("taylor2_gn", needs=("g",), stats=_taylor2_gn_stats)
 def _taylor2_gn(x, g, h):
     xg = x * g
     return -xg + 0.5 * xg * xg
 
 
-@pointwise("indicator")
+@register_pointwise("indicator")                    # no recipe: the generic path
 def _indicator(x, g, h):
     return (x > 0).to(x.dtype)
 
 
-@reduction("sum")
+# -- reductions (over a channel's elements, per image) ------------------------------------------------
+@register_reduction("sum", stat="sum")
 def _sum(f):
     return f.sum(-1)
 
 
-@reduction("l1")
+@register_reduction("l1", stat="l1")
 def _l1(f):
     return f.abs().sum(-1)
 
 
-@reduction("l2")
+@register_reduction("l2", stat="l2")
 def _l2(f):
     return (f * f).sum(-1)
 
 
-@reduction("abs_sum")
+@register_reduction("abs_sum", stat="sum", finish=torch.Tensor.abs_)
 def _abs_sum(f):
     return f.sum(-1).abs()
 
 
-@reduction("sqr_sum")
+@register_reduction("sqr_sum", stat="sum", finish=torch.Tensor.square_)
 def _sqr_sum(f):
     return f.sum(-1) ** 2
 
 
-# The kernels above as registered here: the engine's shared fast path (``pointwise_stats``) is
-# used only while a component still maps to its built-in function (re-registering one switches
-# that component back to the generic per-spec path).
-BUILTIN_POINTWISE = dict(POINTWISE)
-BUILTIN_REDUCTIONS = dict(REDUCTIONS)
-STAT_OF = {"sum": "sum", "abs_sum": "sum", "sqr_sum": "sum", "l1": "l1", "l2": "l2"}  # reduction -> statistic
+# -- aggregations (over the images) -------------------------------------------------------------------
+@register_aggregation("per_image", reduce_first=True)
+def _per_image(total, reduce, n):
+    """s = (1/N) Σ_n R(f_n): ``total`` is Σ_n R(f_n) (float64)."""
+    return total / n
 
 
-def fast_pointwise(name: str) -> bool:
-    return name in BUILTIN_POINTWISE and POINTWISE.get(name) is BUILTIN_POINTWISE[name] and name != "indicator"
+@register_aggregation("batch", reduce_first=False)
+def _batch(total, reduce, n):
+    """s = R((1/N) Σ_n f_n): ``total`` is Σ_n f_n, element by element."""
+    return reduce(total / n).to(torch.float64)
 
 
-def fast_reduction(name: str) -> bool:
-    return name in STAT_OF and REDUCTIONS.get(name) is BUILTIN_REDUCTIONS[name]
+# -- structures (which channels' saliencies are summed) --------------------------------------------
+@register_structure("channel")
+def _channel(own, consumer, ctx):
+    """D(l, c) = s_l(c)."""
+    return own
 
 
-def pointwise_stats(x, g, h, want: dict, reduce) -> dict:
-    """The statistics ``sum`` (Σf), ``l1`` (Σ|f|), ``l2`` (Σf²) of several built-in pointwise
-    functions f of the same elements, sharing the work: ``x*g`` once for taylor, hessian_gn and
-    taylor2_gn (``(x*g)²`` once for hessian_gn and taylor's l2), ``x²h/2`` once for hessian_lm
-    and taylor2_lm; hessian_gn and hessian_lm are non-negative, so their l1 is their sum.
-
-    ``want``: {pointwise: set of statistics}; ``reduce(t)`` maps an element tensor to a tuple of
-    reduced tensors (one per role, e.g. producer rows and consumer slices). Returns
-    {(pointwise, statistic): tuple}. Values equal the per-spec kernels up to float rounding.
-    """
-    tens: dict = {}
-    memo: dict = {}
-
-    def T(key, make):
-        if key not in tens:
-            tens[key] = make()
-        return tens[key]
-
-    def t():
-        return T("t", lambda: x * g)
-
-    def t2():
-        return T("t2", lambda: t() * t())
-
-    def q():
-        return T("q", lambda: 0.5 * T("x2", lambda: x * x) * h)
-
-    def R(key, make):
-        if key not in memo:
-            memo[key] = reduce(make())
-        return memo[key]
-
-    def stat(name, base, st):
-        """statistic ``st`` of the element tensor ``base()`` (cached under ``name``)."""
-        if st == "sum":
-            return R((name, "sum"), base)
-        if st == "l1":
-            return R((name, "l1"), lambda: base().abs())
-        if name == "t":
-            return R(("t2", "sum"), t2)
-        return R((name, "l2"), lambda: base().square())
-
-    def mul(c, rs):
-        return tuple(c * r for r in rs)
-
-    out = {}
-    for pw, stats in want.items():
-        for st in stats:
-            if pw == "value":
-                r = stat("x", lambda: x, st)
-            elif pw == "gradient":
-                r = stat("g", lambda: g, st)
-            elif pw == "taylor":
-                r = mul(-1.0, stat("t", t, st)) if st == "sum" else stat("t", t, st)
-            elif pw == "hessian_gn":
-                r = mul(0.5, R(("t2", "sum"), t2)) if st != "l2" else mul(0.25, R(("t2", "l2"), lambda: t2().square()))
-            elif pw == "hessian_lm":
-                r = R(("q", "sum"), q) if st != "l2" else R(("q", "l2"), lambda: q().square())
-            elif pw == "taylor2_gn":
-                r = stat("f2gn", lambda: T("f2gn", lambda: 0.5 * t2() - t()), st)
-            elif pw == "taylor2_lm":
-                r = stat("f2lm", lambda: T("f2lm", lambda: q() - t()), st)
-            else:
-                raise KeyError(pw)
-            out[(pw, st)] = r
-    return out
+@register_structure("domino_o")
+def _domino_o(own, consumer, ctx):
+    """D(l, c) = Σ over the members of c's unit."""
+    return ctx.to_channels(ctx.unit_sums(own))
 
 
-def kernel(axis: str, name: str):
-    table = {"pointwise": POINTWISE, "reduction": REDUCTIONS}[axis]
-    if name not in table:
-        raise SpecError(f"no {axis} kernel for {name!r}: register one with prunetax.metrics.kernels.{axis}(); "
-                        f"known: {', '.join(table)}")
-    return table[name]
+@register_structure("domino_io", consumers=True)
+def _domino_io(own, consumer, ctx):
+    """domino_o plus the input slices of the unit in every conv consumer."""
+    tot = ctx.unit_sums(own)
+    for name in ctx.consumers:
+        ctx.add_consumer(tot, name, consumer(name))
+    return ctx.to_channels(tot)
+
+
+# -- scalings (the divisor of D) ----------------------------------------------------------------------
+@register_scaling("none")
+def _none(D, specs, ctx):
+    return torch.ones_like(D)
+
+
+@register_scaling("elements")
+def _elements(D, specs, ctx):
+    """The elements summed into D: the structure applied to the element counts."""
+    return ctx.element_counts(specs)
+
+
+@register_scaling("layer_l1")
+def _layer_l1(D, specs, ctx):
+    """Σ_{c'} |D(l, c')| over the kept channels of the layer."""
+    return ctx.layer_sum(torch.where(ctx.kept, D.abs(), 0))
+
+
+@register_scaling("layer_l2")
+def _layer_l2(D, specs, ctx):
+    """sqrt(Σ_{c'} D(l, c')²) over the kept channels of the layer."""
+    return ctx.layer_sum(torch.where(ctx.kept, D * D, 0)).sqrt()
+
+
+@register_scaling("weights_removed")
+def _weights_removed(D, specs, ctx):
+    """Structure.weights_removed(keep) of the channel's unit."""
+    return ctx.weights_removed()

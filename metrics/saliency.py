@@ -6,9 +6,8 @@ from typing import Iterable
 
 import torch
 
-from prunetax.metrics.engine import Accumulator, as_metrics, finalize, nonfinite_count, unit_saliency
+from prunetax.metrics.engine import evaluate_metrics, unit_saliency
 from prunetax.metrics.masking import MaskedModel
-from prunetax.metrics.signals import collect
 from prunetax.taxonomy.errors import PrunetaxError
 from prunetax.taxonomy.expr import parse_metric
 
@@ -67,23 +66,12 @@ def saliencies(model: torch.nn.Module, structure, batches: Iterable, specs, keep
     before Domino and scaling. ``keep``: optional bool ``[num_units]`` (True = unit kept). The
     model is put in eval mode. Returns a SaliencyResult (``to_arrow()``, ``unit_saliency(m)``).
     """
-    metrics = as_metrics(specs)
     model.eval()
     masked = masked or MaskedModel(model, structure)
     U = structure.num_units
-    keep = torch.ones(1, U, dtype=torch.bool) if keep is None else torch.as_tensor(keep, dtype=torch.bool).reshape(1, U)
-    acc = Accumulator(masked.graph_module, structure, metrics, keep)
-    masked.set_keep(acc.keep)
-    device = acc.keep.device
-    seen = 0
-    for images, labels in batches:
-        images, labels = images.to(device), labels.to(device)
-        if images.dtype.is_floating_point:
-            images = images.to(next(model.parameters()).dtype)
-        acc.add(collect(masked, images, labels, acc.needs), images.shape[0])
-        seen += images.shape[0]
-    if not seen:
-        raise PrunetaxError("no saliency images: the batches were empty")
-    values = finalize(acc)
-    nonfinite = {m.id: int(nonfinite_count(v, acc)[0]) for m, v in values.items()}
-    return SaliencyResult(structure, values, nonfinite)
+    keep = None if keep is None else torch.as_tensor(keep, dtype=torch.bool).reshape(1, U)
+    result = evaluate_metrics(masked, structure, specs, batches, keep)
+    counts = result.nonfinite_counts()
+    flat = torch.stack(list(counts.values()))[:, 0].tolist() if counts else []   # one transfer for all
+    nonfinite = {m.id: int(c) for m, c in zip(counts, flat)}
+    return SaliencyResult(structure, result.values, nonfinite)

@@ -1,4 +1,4 @@
-"""The component vocabularies of a saliency metric (PROTOCOL.md), one registry per axis.
+"""The component vocabularies of a saliency metric (docs/taxonomy.md), one registry per axis.
 
 Every entry has an id, a one-line description, a plain-text formula, a LaTeX formula and, where
 the authors' code names it, the authors' name. ``paper=True`` marks the entries of the taxonomy
@@ -42,6 +42,17 @@ def register_component(axis: str, id: str, description: str, formula: str, latex
     comp = Component(axis, id, description, formula, latex, authors_name, paper)
     _REGISTRY[axis][id] = comp
     return comp
+
+
+def unregister_component(axis: str, id: str) -> None:
+    """Remove a component added with ``register_component`` (a plug-in's or a test's); the
+    paper's components cannot be removed, unknown ids are ignored."""
+    if axis not in _REGISTRY:
+        raise SpecError(f"unknown axis {axis!r}; choose one of {', '.join(AXES)}")
+    comp = _REGISTRY[axis].get(id)
+    if comp is not None and comp.paper:
+        raise SpecError(f"{axis} {id!r} is one of the paper's components and cannot be removed")
+    _REGISTRY[axis].pop(id, None)
 
 
 def components(axis: str, paper_only: bool = False) -> tuple[Component, ...]:

@@ -1,10 +1,10 @@
 """The engine with K trajectories in one call, as the harness drives it, and its bounded chunks.
 
-``Accumulator(model_gm, structure, metrics, keep[K, U])`` + ``collect`` on ``x.repeat(K)`` +
-``finalize`` must give, for every trajectory k, what ``prunetax.metrics.saliencies`` gives for that
-trajectory's keep mask alone (float64, to 1e-10), on every domino spec plus batch-aggregated,
-BatchNorm and expression metrics. The per-image chunk size of the weight gradients and the
-strided unfold must not change any value either.
+``evaluate_metrics(masked, structure, metrics, batches, keep[K, U])`` must give, for every
+trajectory k, what ``prunetax.metrics.saliencies`` gives for that trajectory's keep mask alone
+(float64, to 1e-10), on every domino spec plus batch-aggregated, BatchNorm and expression metrics.
+The per-image chunk size of the weight gradients, the split of a batch into passes and the
+strided unfold must not change any value either; weight values alone need no image pass.
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import reference_saliency as R  # noqa: E402  (only its test networks)
 
 from prunetax.enumerate import metric_space  # noqa: E402
-from prunetax.metrics import MaskedModel, analyze, saliencies  # noqa: E402
-from prunetax.metrics.engine import Accumulator, finalize, nonfinite_count, row_unit_saliency, unit_saliency  # noqa: E402
-from prunetax.metrics.signals import collect  # noqa: E402
+from prunetax.metrics import MaskedModel, MetricEvaluator, analyze, evaluate_metrics, saliencies  # noqa: E402
 from prunetax.taxonomy import parse_metric  # noqa: E402
 
 EXTRA = ["weight-taylor-abs_sum-none@batch", "activation-hessian_gn-l2-elements-domino_io@batch",
@@ -56,15 +54,8 @@ def keeps(st, K: int, seed: int = 0) -> torch.Tensor:
     return keep
 
 
-def batched(model, st, x, y, metrics, keep, chunk_bytes=None):
-    masked = MaskedModel(model, st)
-    acc = Accumulator(masked.graph_module, st, metrics, keep)
-    if chunk_bytes is not None:
-        acc.chunk_bytes = chunk_bytes
-    masked.set_keep(acc.keep)
-    K = keep.shape[0]
-    acc.add(collect(masked, x.repeat(K, *([1] * (x.dim() - 1))), y.repeat(K), acc.needs), len(y))
-    return acc, finalize(acc)
+def batched(model, st, x, y, metrics, keep, chunk_bytes=None, **kw):
+    return evaluate_metrics(MaskedModel(model, st), st, metrics, [(x, y)], keep, chunk_bytes=chunk_bytes, **kw)
 
 
 def assert_same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
@@ -79,15 +70,15 @@ def test_k_trajectories_equal_separate_calls(net):
     model, st, x, y, metrics = make(net)
     K = 3
     keep = keeps(st, K)
-    acc, values = batched(model, st, x, y, metrics, keep)
-    nf = {m: nonfinite_count(values[m], acc) for m in metrics}
+    values = batched(model, st, x, y, metrics, keep)
+    nf = values.nonfinite_counts()
     for k in range(K):
         single = saliencies(copy.deepcopy(model), st, [(x, y)], metrics, keep=keep[k])
         for m in metrics:
             for p in st.producers:
                 assert_same(values[m][p][k], single.values[m][p][0], f"{net} k={k} {m} {p}")
             assert int(nf[m][k]) == single.nonfinite[m.id], f"{m} k={k}"
-            assert_same(unit_saliency(st, values[m], K)[k], single.unit_saliency(m), f"units {m} k={k}")
+            assert_same(values.unit_saliency(m)[k], single.unit_saliency(m), f"units {m} k={k}")
 
 
 @pytest.mark.parametrize("net", list(NETS))
@@ -101,21 +92,59 @@ def test_each_row_under_its_own_metric_in_one_scatter(net):
     specs = [m for m in metrics if hasattr(m, "structure")]
     for row_metrics in ([specs[0], specs[300], specs[300], specs[-1]],               # specs only
                         [exprs[0], specs[5], exprs[-1], specs[900]]):               # with expressions
-        acc, values = batched(model, st, x, y, list(dict.fromkeys(row_metrics)), keep)
-        got = row_unit_saliency(acc, values, row_metrics)
+        values = batched(model, st, x, y, list(dict.fromkeys(row_metrics)), keep)
+        got = values.row_unit_saliency(row_metrics)
         for k, m in enumerate(row_metrics):
-            assert_same(got[k], unit_saliency(st, values[m], K)[k], f"{net} row {k} {m}")
+            assert torch.equal(got[k], values.unit_saliency(m)[k]), f"{net} row {k} {m}"
 
 
 @pytest.mark.parametrize("net", ["grouped", "resnet"])
 def test_chunk_size_does_not_change_values(net):
     model, st, x, y, metrics = make(net, B=5)
     keep = keeps(st, 2, seed=1)
-    _, whole = batched(model, st, x, y, metrics, keep, chunk_bytes=2**40)    # every image at once
-    _, tiny = batched(model, st, x, y, metrics, keep, chunk_bytes=1)         # one image per chunk
+    whole = batched(model, st, x, y, metrics, keep, chunk_bytes=2**40)    # every image at once
+    tiny = batched(model, st, x, y, metrics, keep, chunk_bytes=1)         # one image per chunk
     for m in metrics:
         for p in st.producers:
             assert_same(tiny[m][p], whole[m][p], f"{m} {p}")
+
+
+@pytest.mark.parametrize("net", ["grouped", "resnet"])
+def test_passes_and_batches_do_not_change_values(net):
+    """A batch split into passes (weight_grad_bytes) or given as several batches gives the values
+    of one pass (up to rounding): the statistics are sums over the images."""
+    model, st, x, y, metrics = make(net, B=5)
+    keep = keeps(st, 2, seed=3)
+    one = batched(model, st, x, y, metrics, keep)
+    split = batched(model, st, x, y, metrics, keep, weight_grad_bytes=1)      # one image per pass
+    masked = MaskedModel(model, st)
+    ev = MetricEvaluator(masked, st, metrics, keep)
+    for a, b in ((0, 2), (2, 5)):                                              # two batches of 2 and 3
+        ev.update(x[a:b], y[a:b])
+    several = ev.compute()
+    for m in metrics:
+        for p in st.producers:
+            assert_same(split[m][p], one[m][p], f"split {m} {p}")
+            assert_same(several[m][p], one[m][p], f"batches {m} {p}")
+
+
+def test_weight_values_alone_need_no_image_pass():
+    """Weight values do not depend on the images: the batches callable is never called, and the
+    values equal those of a pass over images."""
+    model, st, x, y, _ = make("grouped")
+    metrics = ["weight-value-l1-none", "weight-value-l2-weights_removed-domino_io",
+               "weight-value-sqr_sum-layer_l2@batch"]
+    keep = keeps(st, 3, seed=4)
+
+    def never():
+        raise AssertionError("no image pass is needed")
+    masked = MaskedModel(model, st)
+    assert not MetricEvaluator(masked, st, metrics, keep).needs_images
+    alone = evaluate_metrics(masked, st, metrics, never, keep)
+    with_images = batched(model, st, x, y, metrics, keep)
+    for m in alone.metrics:
+        for p in st.producers:
+            assert_same(alone[m][p], with_images[m][p], f"{m} {p}")
 
 
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import reference_saliency as R  # noqa: E402
 
 from prunetax.enumerate import metric_space  # noqa: E402
-from prunetax.metrics import analyze  # noqa: E402
+from prunetax.metrics import analyze, saliencies  # noqa: E402
 from prunetax.taxonomy import MetricSpec, parse_metric  # noqa: E402
 
 RTOL, ATOL_FRAC = 1e-6, 1e-9
@@ -50,16 +50,7 @@ def make_case(net: str, pruned: bool, seed: int = 0):
     return model, st, x, y, keep
 
 
-def engine():
-    try:
-        from prunetax.metrics import saliencies
-    except (ImportError, AttributeError) as exc:  # the engine has not landed in this checkout
-        pytest.skip(f"prunetax.metrics.saliencies is not available: {exc}")
-    return saliencies
-
-
 def run_engine(model, st, x, y, specs, keep, split=False):
-    saliencies = engine()
     m = copy.deepcopy(model).double()
     xd = x.double()
     batches = [(xd[:2], y[:2]), (xd[2:], y[2:])] if split else [(xd, y)]

@@ -46,13 +46,13 @@ class _Stages:
     # subtracted from it (per-image weight grads are formed inside Accumulator.add, in chunks)
     POINTS = [
         ("setup (MaskedModel trace)", "prunetax.metrics.saliency", "MaskedModel"),
-        ("signals collection (fwd+bwd with taps)", "prunetax.metrics.saliency", "collect"),
+        ("signals collection (fwd+bwd with taps)", "prunetax.metrics.engine", "collect"),
         ("LM curvature (primal + squared twin)", "prunetax.metrics.signals", "_curvature"),
         ("per-image weight grads (unfold+einsum)", "prunetax.metrics.signals", "_weight_grads"),
         ("BN grads", "prunetax.metrics.signals", "_bn_grads"),
-        ("pointwise/reduction kernels (Accumulator.add)", "prunetax.metrics.engine", "Accumulator.add"),
-        ("Domino + scaling (finalize)", "prunetax.metrics.saliency", "finalize"),
-        ("nonfinite count", "prunetax.metrics.saliency", "nonfinite_count"),
+        ("pointwise/reduction kernels (Accumulator.add)", "prunetax.metrics.engine.stream", "Accumulator.add"),
+        ("Domino + scaling (finalize)", "prunetax.metrics.engine", "finalize"),
+        ("nonfinite count", "prunetax.metrics.engine.finalize", "MetricValues.nonfinite_counts"),
     ]
 
     def __init__(self, device):

@@ -112,15 +112,15 @@ def main(argv=None) -> int:
     ap.add_argument("--top", type=int, default=15, help="call sites listed")
     ap.add_argument("--cpu-chunks", action="store_true",
                     help="keep the CPU's small per-image chunks (by default the counts use the GPU's chunk "
-                         "size, prunetax.metrics.engine.GPU_WEIGHT_CHUNK_BYTES, as a GPU run would)")
+                         "size, prunetax.metrics.engine.stream.GPU_WEIGHT_CHUNK_BYTES, as a GPU run would)")
     ap.add_argument("--no-host-floor", dest="host_floor", action="store_false",
                     help="skip the second, profiled run on one image (the host's Python time per step)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     if not args.cpu_chunks:
-        import prunetax.metrics.engine as E
-        E.WEIGHT_CHUNK_BYTES = E.GPU_WEIGHT_CHUNK_BYTES
+        import prunetax.metrics.engine.stream as engine_stream   # the engine's chunk-size setting
+        engine_stream.WEIGHT_CHUNK_BYTES = engine_stream.GPU_WEIGHT_CHUNK_BYTES
     text = args.metrics
     if text == "quick":
         import tomllib
