@@ -21,7 +21,7 @@ PRESETS = {
 
 
 def paper_redundancy(base_input: str, pointwise: str, reduction: str, scaling: str) -> str | None:
-    """The authors' two exclusion rules (PROTOCOL.md), or None when the combination is kept."""
+    """The authors' two exclusion rules (docs/taxonomy.md, "The 308 rule"), or None when the combination is kept."""
     if pointwise == "hessian_gn" and reduction in ("sum", "l1", "abs_sum"):
         return "hessian_gn is non-negative, so sum, l1 and abs_sum agree (the authors drop all three)"
     if (base_input == "weight" and pointwise == "taylor" and reduction in ("sum", "abs_sum", "sqr_sum")

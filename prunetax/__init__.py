@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _LAZY = {
     # what a metric is
     "MetricSpec": "prunetax.taxonomy", "MetricExpr": "prunetax.taxonomy", "parse_metric": "prunetax.taxonomy",
-    "register_component": "prunetax.taxonomy", "register_named": "prunetax.taxonomy",
+    "register_component": "prunetax.taxonomy", "unregister_component": "prunetax.taxonomy",
+    "register_named": "prunetax.taxonomy",
     "PrunetaxError": "prunetax.taxonomy", "SpecError": "prunetax.taxonomy",
     # the space
     "metric_space": "prunetax.enumerate",
@@ -29,6 +30,7 @@ _LAZY = {
     "unregister_layer_rule": "prunetax.metrics", "register_pointwise": "prunetax.metrics",
     "register_reduction": "prunetax.metrics", "register_scaling": "prunetax.metrics",
     "register_structure": "prunetax.metrics", "register_aggregation": "prunetax.metrics",
+    "unregister_kernel": "prunetax.metrics",
     # the harness
     "run": "prunetax.benchmarks", "run_grid": "prunetax.benchmarks", "leaderboard": "prunetax.benchmarks",
     "register_model": "prunetax.benchmarks.models",

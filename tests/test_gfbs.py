@@ -1,4 +1,4 @@
-"""GFBS and network slimming against PROTOCOL.md's formulas computed by hand.
+"""GFBS and network slimming against their formulas (docs/taxonomy.md, "Named metrics") computed by hand.
 
 GFBS, per BatchNorm channel c of producer l (Liu et al. 2021, as in their code):
     S_c = (|gamma_c| / ||gamma_l||_2) * (|dL/dgamma_c| / ||dL/dgamma_l||_2) + 0.05 * beta_c / ||beta_l||_2

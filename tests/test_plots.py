@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from prunetax.benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
+from prunetax.benchmarks.cell import Cell, CellResult, Protocol
 from prunetax.benchmarks.cli import main as cli_main
-from prunetax.benchmarks.results import write_cell_result
+from prunetax.benchmarks.results import ROW_COLUMNS, write_cell_result
 
-pytest.importorskip("matplotlib")
+import matplotlib  # noqa: E402,F401  (the test extra installs it: a broken import must fail, not skip)
 
 SPECS = [(b, p, r, s, t) for b in ("weight", "activation") for p in ("value", "taylor")
          for r in ("l1", "l2") for s in ("none", "elements") for t in ("channel", "domino_io")]

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from prunetax.enumerate import excluded, metric_space
 from prunetax.taxonomy import NAMED, MetricExpr, MetricSpec, SpecError, parse_metric
 
-# Written out from PROTOCOL.md, independently of the registries.
+# Written out by hand from the taxonomy paper (as docs/taxonomy.md states it), independently of the registries.
 PAPER_INPUTS = ["weight", "activation"]
 PAPER_POINTWISE = {"value": "average_input", "gradient": "average_gradient", "taylor": "taylor",
                    "hessian_lm": "hessian_diag_approx1", "hessian_gn": "hessian_diag_approx2",
