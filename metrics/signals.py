@@ -169,7 +169,6 @@ def collect(masked, x: torch.Tensor, y: torch.Tensor, needs: Needs) -> Signals:
 
 def _curvature(masked, x, needs, weight_layers, bn_layers, primal=None, logits=None) -> dict:
     gm = masked.graph_module
-    st = masked.structure
     by_target = {n.target: n.name for n in gm.graph.nodes if n.op == "call_module"}
     mask_node = {m.tap: by_target[t] for t, m in gm.named_children() if isinstance(m, _Mask) and m.tap}
     input_node = {m.layer: by_target[t] for t, m in gm.named_children() if isinstance(m, _Input)}
