@@ -1,8 +1,9 @@
 """The unit of work of a grid: one (network, dataset, seed, metric set, protocol) cell.
 
 ``Protocol`` holds every option of the pruning protocol with the authors' defaults
-(PROTOCOL.md); ``Cell`` names one cell and hashes to its id; ``CellResult`` is what
-``prunetax.benchmarks.protocol.run_cell`` returns: one row per metric and the trajectories.
+(docs/protocol.md) and its accuracy target (``Protocol.target``); ``Cell`` names one cell and
+hashes to its id; ``CellResult`` is what ``prunetax.benchmarks.protocol.run_cell`` returns: one
+row per metric and the trajectories (their columns: ``prunetax.benchmarks.results``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ REFERENCES = ("random", "oracle")
 
 @dataclass(frozen=True)
 class Protocol:
-    """The pruning protocol. Defaults are the authors' (PROTOCOL.md) except where docs/protocol.md says."""
+    """The pruning protocol. Defaults are the authors' except where docs/protocol.md says (it lists both)."""
     threshold: float = 5.0            # accuracy drop at which the rate is read
     relative: bool = False            # threshold in % of the baseline accuracy instead of points
     units_per_step: int = 1
@@ -52,6 +53,12 @@ class Protocol:
         for name in ("eval_every", "retrain_steps", "test_images", "max_trajectories", "oracle_candidates"):
             if getattr(self, name) < 0:
                 raise PrunetaxError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def target(self, baseline: float) -> float:
+        """The accuracy (%) at which the rate is read: ``baseline`` minus the threshold, in points
+        (absolute) or in % of ``baseline`` (``relative``)."""
+        drop = self.threshold * (baseline / 100.0 if self.relative else 1.0)
+        return baseline - drop
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -88,24 +95,9 @@ class Cell:
         return f"{self.network}_{self.dataset}_s{self.seed}_{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
-# One row per metric of a cell (the leaderboard dataset).
-ROW_COLUMNS = (
-    "cell_id", "metric_id", "kind", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation",
-    "network", "dataset", "seed", "threshold", "threshold_mode", "baseline_accuracy",
-    "conv_weights_removed_pct", "channels_removed_pct", "macs_removed_pct", "steps", "crossed",
-    "final_accuracy", "ran_as", "schedule", "mode", "protocol", "prunetax_version", "torch_version", "device",
-    "wall_seconds",
-)
-# One row per evaluated step of each metric (the trajectories dataset).
-TRAJECTORY_COLUMNS = (
-    "cell_id", "metric_id", "network", "dataset", "seed", "step", "unit",
-    "conv_weights_removed_pct", "channels_removed_pct", "macs_removed_pct", "accuracy",
-)
-
-
 @dataclass
 class CellResult:
     cell: Cell
-    rows: list[dict]            # keys: ROW_COLUMNS
-    trajectories: list[dict]    # keys: TRAJECTORY_COLUMNS; accuracy None on steps not evaluated
+    rows: list[dict]            # one per metric: results.score_row (columns results.ROW_COLUMNS)
+    trajectories: list[dict]    # one per step of each metric: results.trajectory_rows
     wall_seconds: float

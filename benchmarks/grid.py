@@ -10,17 +10,17 @@ files as it completes (``prunetax.benchmarks.results``). Backends: ``loky`` (one
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import os
 import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
+from prunetax.benchmarks.setup import Env
 from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["GRID_KEYS", "BACKENDS", "load_grid_file", "grid_cells", "expand_metrics", "validate_cells",
-           "run", "run_grid", "GridSummary"]
+           "run", "run_grid", "GridSummary", "Env"]
 
 GRID_KEYS = ("networks", "datasets", "seeds", "metrics", "metric_filter", "epochs", "train_limit", "protocol")
 BACKENDS = ("loky", "dask", "ray")
@@ -165,29 +165,35 @@ def validate_cells(cells: Sequence[Cell]) -> None:
             raise PrunetaxError(f"network '{cell.network}' cannot be pruned: {exc}") from None
 
 
-def _run_cell(cell: Cell, **kwargs) -> CellResult:
+def _run_cell(cell: Cell, env: Env, progress: bool = False) -> CellResult:
     from prunetax.benchmarks.protocol import run_cell
 
-    return run_cell(cell, **kwargs)
+    return run_cell(cell, env, progress=progress)
 
 
-def run(cell: Cell, results=None, device="auto", cache_dir=None, data_root=None, progress=False) -> CellResult:
-    """Run one cell (``prunetax.benchmarks.protocol.run_cell``); write its files under ``results`` if given."""
-    result = _run_cell(cell, device=device, cache_dir=cache_dir, data_root=data_root, progress=progress)
+def run(cell: Cell, results=None, device=None, cache_dir=None, data_root=None, progress=False,
+        env: Env | None = None) -> CellResult:
+    """Run one cell (``prunetax.benchmarks.protocol.run_cell``); write its files under ``results`` if given.
+
+    ``env``: where it runs (``prunetax.benchmarks.setup.Env``; None: the defaults); ``device``,
+    ``cache_dir`` and ``data_root``, when given, set its fields.
+    """
+    env = Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root)
+    result = _run_cell(cell, env, progress=progress)
     if results is not None:
         from prunetax.benchmarks.results import write_cell_result
         write_cell_result(results, result)
     return result
 
 
-def _job(cell: Cell, results: str, device, cache_dir, data_root, runner=None) -> tuple[str, float]:
+def _job(cell: Cell, results: str, env: Env, runner=None) -> tuple[str, float]:
     """What a worker runs: one cell, written on completion (skipped if another worker finished it)."""
     from prunetax.benchmarks.results import cell_done, write_cell_result
 
     if cell_done(results, cell):
         return cell.id, 0.0
     start = time.perf_counter()
-    result = (runner or _run_cell)(cell, device=device, cache_dir=cache_dir, data_root=data_root, progress=False)
+    result = (runner or _run_cell)(cell, env, progress=False)
     write_cell_result(results, result)
     return cell.id, time.perf_counter() - start
 
@@ -200,7 +206,7 @@ class GridSummary:
     wall_seconds: float
 
 
-def _train_baselines(cells, device, cache_dir, data_root, progress) -> None:
+def _train_baselines(cells, env: Env, progress) -> None:
     from prunetax.benchmarks.training import train_baseline
 
     seen = set()
@@ -208,8 +214,8 @@ def _train_baselines(cells, device, cache_dir, data_root, progress) -> None:
         key = (c.network, c.dataset, c.seed, c.epochs, c.train_limit)
         if key not in seen:
             seen.add(key)
-            train_baseline(c.network, c.dataset, c.seed, epochs=c.epochs, device=device, cache_dir=cache_dir,
-                           data_root=data_root, progress=progress, limit=c.train_limit)
+            train_baseline(c.network, c.dataset, c.seed, epochs=c.epochs, device=env.device, cache_dir=env.cache,
+                           data_root=env.data_root, progress=progress, limit=c.train_limit)
 
 
 def _backend_context(backend: str, n_jobs: int, scheduler: str | None):
@@ -245,11 +251,15 @@ def _backend_context(backend: str, n_jobs: int, scheduler: str | None):
     return stack, (n_jobs if not scheduler else -1)
 
 
-def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int = 1, device="auto",
-             scheduler: str | None = None, cache_dir=None, data_root=None, progress: bool = True) -> GridSummary:
+def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int = 1, device=None,
+             scheduler: str | None = None, cache_dir=None, data_root=None, progress: bool = True,
+             env: Env | None = None) -> GridSummary:
     """Run every cell not yet complete under ``results``; each writes its files on completion.
 
     ``n_jobs`` workers (loky processes, or dask/ray tasks; -1 = all cores or all cluster slots).
+    ``env``: where the cells run (``prunetax.benchmarks.setup.Env``, sent to every worker, which
+    resolves its device and cache itself; None: the defaults); ``device``, ``cache_dir`` and
+    ``data_root``, when given, set its fields.
     Two runs on one results root are safe: a cell may be computed twice, never written half.
     """
     import joblib
@@ -258,6 +268,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     from prunetax.benchmarks.results import cell_done
 
     start = time.perf_counter()
+    env = Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root)
     if n_jobs == 0 or n_jobs < -1:
         raise PrunetaxError(f"n_jobs must be a positive integer or -1, got {n_jobs}")
     results = Path(results)
@@ -272,10 +283,9 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     ran: list[str] = []
     with context:
         if pending and (n_jobs != 1 or backend != "loky"):
-            _train_baselines(pending, device, cache_dir, data_root, progress)
+            _train_baselines(pending, env, progress)
         bar = tqdm(total=len(cells), initial=len(skipped), desc="cells", unit="cell", disable=not progress)
-        args = [str(results), device, None if cache_dir is None else str(cache_dir),
-                None if data_root is None else str(data_root), _run_cell]
+        args = [str(results), env, _run_cell]
         if n_jobs == 1 and backend == "loky":
             outputs = (_job(c, *args) for c in pending)
         else:

@@ -7,7 +7,11 @@ argmin unit among the removable ones, and the test accuracy is measured on the s
 ``exact`` after every step; ``fast`` every ``eval_every`` steps, then every step inside the
 bracket where accuracy fell below the target. Without retraining the removal sequence does not
 depend on accuracy, so ``fast`` re-evaluates the bracket's masks in one batched pass.
-See docs/protocol.md.
+
+``Pruning`` is the loop (``while pruning.pending: pruning.step()``), ``Retraining`` the
+characterise/retrain modes' after-step strategy, ``prune`` / ``prune_cell`` the entry points and
+``run_cell`` one whole cell (set-up: ``prunetax.benchmarks.setup``; rows:
+``prunetax.benchmarks.results``). See docs/protocol.md.
 """
 from __future__ import annotations
 
@@ -18,10 +22,9 @@ import torch
 from torch.nn import functional as F
 
 from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
-from prunetax.metrics.engine import Accumulator, finalize, row_unit_saliency
-from prunetax.metrics.signals import Signals, collect
+from prunetax.metrics import evaluate_metrics
 from prunetax.taxonomy.errors import PrunetaxError
-from prunetax.taxonomy.expr import MetricExpr, parse_metric
+from prunetax.taxonomy.expr import parse_metric
 from prunetax.taxonomy.spec import MetricSpec
 
 _ROWS_PER_PASS = 8192                 # images per batched forward on CPU (x4 on GPU)
@@ -189,28 +192,17 @@ class _Pruner:
         cap = self.p.max_trajectories or K            # trajectories per pass: bounds the memory
         chunks = [g[c:c + cap] for g in groups.values() for c in range(0, len(g), cap)]
         for idx in chunks:
-            uniq = list(dict.fromkeys(metrics[k] for k in idx))
-            acc = Accumulator(self.masked.graph_module, self.st, uniq, keep[idx])
-            self.masked.set_keep(acc.keep)
-            G, N = len(idx), len(y)
-            nd = acc.needs
-            if not (nd.act or nd.act_in or nd.weight or nd.bn or nd.grad or nd.lm):
-                acc.add(Signals(), 1)              # weight values alone: no pass over images
-                self._take(acc, values=finalize(acc), idx=idx, metrics=metrics, out=out)
-                continue
-            chunk = N
-            if acc.needs.weight:
-                chunk = max(1, min(N, _WEIGHT_GRAD_BUDGET // (G * self.max_layer_weights * 4 * 6)))
-            for i in range(0, N, chunk):
-                xb, yb = x[i:i + chunk], y[i:i + chunk]
-                rep = (G, *([1] * (xb.dim() - 1)))
-                acc.add(collect(self.masked, xb.repeat(rep), yb.repeat(G), acc.needs), len(yb))
-            self._take(acc, values=finalize(acc), idx=idx, metrics=metrics, out=out)
+            # the engine sets the masks, repeats the images per trajectory, splits them into passes
+            # that bound the per-image weight gradients, and skips the image pass for weight values
+            values = evaluate_metrics(self.masked, self.st, list(dict.fromkeys(metrics[k] for k in idx)),
+                                      lambda: [(x, y)], keep[idx], weight_grad_bytes=_WEIGHT_GRAD_BUDGET)
+            self._take(values, idx=idx, metrics=metrics, out=out)
         return out
 
-    def _take(self, acc, values, idx, metrics, out) -> None:
-        """Unit saliencies of the group's rows, each trajectory under its own metric."""
-        rows = row_unit_saliency(acc, values, [metrics[k] for k in idx])
+    def _take(self, values, idx, metrics, out) -> None:
+        """Unit saliencies of the group's rows (``values``: the engine's MetricValues), each
+        trajectory under its own metric."""
+        rows = values.row_unit_saliency([metrics[k] for k in idx])
         out[torch.tensor(idx, device=out.device)] = rows.to(out.device)
 
 
@@ -230,47 +222,74 @@ def _crossing(traj: Trajectory, target: float):
     return None, None
 
 
-def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
-          baseline_accuracy: float, progress=None, retrain=None, evaluator=None) -> list[Trajectory]:
-    """Run every metric's trajectory to its crossing; returns the trajectories.
+class Pruning:
+    """The protocol's loop: every trajectory of ``metrics_texts`` prunes ``pruner``'s network at
+    once, one step at a time, until it crosses the target or runs out of removable units.
 
-    ``retrain(keep_row)`` (used by the characterise/retrain modes) runs after every step.
-    ``evaluator``: ``"masked"`` (K masks per batched pass; the default on GPU), ``"slim"`` (each
-    mask's slimmed network; the default on CPU) or None. Both give the same accuracies.
+        pruning = Pruning(pruner, metrics, baseline_accuracy)
+        while pruning.pending:
+            pruning.step()
+        trajectories = pruning.results()          # or: Pruning(...).run()
+
+    ``after_step(keep_row)`` (a strategy: the retraining modes pass a :class:`Retraining`) runs
+    on each pending trajectory's mask after its removals, before its rates and accuracy are read.
+    ``progress(step, pending, K)`` is called after every step.
     """
-    if retrain is None and protocol.mode != "none":
-        return _prune_retraining(model, structure, masked, data, metrics_texts, protocol, seed, device,
-                                 baseline_accuracy, progress)
-    pr = _Pruner(model, structure, masked, data, protocol, seed, device, evaluator)
-    trajs = resolve_metrics(metrics_texts, structure)
-    drop = protocol.threshold * (baseline_accuracy / 100.0 if protocol.relative else 1.0)
-    target = baseline_accuracy - drop
-    runs = {}                                   # ran_as -> the trajectory that actually runs
-    for t in trajs:
-        runs.setdefault(t.ran_as, t)
-    active = list(runs.values())
-    K = len(active)
-    keep = torch.ones(K, pr.U, dtype=torch.bool, device=device)
-    stride = protocol.eval_every or max(1, math.isqrt(int(pr.scored.sum()) // protocol.units_per_step))
-    if protocol.schedule == "exact":
-        stride = 1
-    gen = torch.Generator().manual_seed(seed)
-    for t in active:
-        t.accuracy[0] = baseline_accuracy
-    step = 0
-    pending = [k for k in range(K)]
-    while pending:
-        step += 1
-        P = torch.tensor(pending, device=device)
-        rem = pr.removable(keep[P])
+
+    def __init__(self, pruner: _Pruner, metrics_texts, baseline_accuracy: float, progress=None,
+                 after_step=None):
+        self.pr, self.p = pruner, pruner.p
+        self.trajectories = resolve_metrics(metrics_texts, pruner.st)
+        self.target = self.p.target(baseline_accuracy)
+        runs = {}                                   # ran_as -> the trajectory that actually runs
+        for t in self.trajectories:
+            runs.setdefault(t.ran_as, t)
+        self.active = list(runs.values())
+        self.keep = torch.ones(len(self.active), pruner.U, dtype=torch.bool, device=pruner.device)
+        stride = self.p.eval_every or max(1, math.isqrt(int(pruner.scored.sum()) // self.p.units_per_step))
+        self.stride = 1 if self.p.schedule == "exact" else stride     # steps between test passes
+        self.gen = torch.Generator().manual_seed(pruner.seed)         # random and the oracle's candidates
+        for t in self.active:
+            t.accuracy[0] = baseline_accuracy
+        self.step_no = 0
+        self.pending = list(range(len(self.active)))                 # indices into ``active``
+        self.progress, self.after_step = progress, after_step
+
+    def run(self) -> list[Trajectory]:
+        """Step until no trajectory is pending; the trajectories of every metric asked for."""
+        while self.pending:
+            self.step()
+        return self.results()
+
+    def step(self) -> None:
+        """One step of every pending trajectory: choose and remove its units, ``after_step``,
+        read the rates and, on the schedule, the accuracy; a trajectory below the target or
+        without a removable unit left leaves ``pending``."""
+        self.step_no += 1
+        P = torch.tensor(self.pending, device=self.pr.device)
+        rem = self.pr.removable(self.keep[P])
+        self._remove(P, rem, self._scores(rem))
+        if self.after_step is not None:
+            for k in self.pending:
+                self.after_step(self.keep[k])
+        self._measure(P)
+        if self.progress is not None:
+            self.progress(self.step_no, len(self.pending), len(self.active))
+
+    def _scores(self, rem: torch.Tensor) -> torch.Tensor:
+        """[pending, U] score of every unit for every pending trajectory (lowest goes first):
+        its metric's unit saliency (one signal pass per metric group), a random draw, the
+        oracle's eval losses or the one-shot rank; inf where a unit is not removable."""
+        pr, p, active, pending, keep, step = self.pr, self.p, self.active, self.pending, self.keep, self.step_no
+        device = pr.device
         choose = torch.full((len(pending), pr.U), float("inf"), dtype=torch.float64, device=device)
         metric_rows = [(i, k) for i, k in enumerate(pending) if active[k].metric not in REFERENCES]
-        need_sal = [(i, k) for i, k in metric_rows if not (protocol.one_shot and active[k].order is not None)]
+        need_sal = [(i, k) for i, k in metric_rows if not (p.one_shot and active[k].order is not None)]
         if need_sal:
             x, y = pr.saliency_images(step)
             sal = pr.unit_saliencies([active[k].run_metric for _, k in need_sal],
                                      keep[[k for _, k in need_sal]], x, y)
-            if protocol.one_shot:                 # rank once: position in the baseline's order
+            if p.one_shot:                        # rank once: position in the baseline's order
                 for j, (i, k) in enumerate(need_sal):
                     order = torch.argsort(sal[j], stable=True)
                     active[k].order = torch.empty_like(sal[j]).scatter_(
@@ -280,17 +299,20 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
         for i, k in enumerate(pending):
             t = active[k]
             if t.metric == "random":
-                choose[i] = torch.rand(pr.U, generator=gen, dtype=torch.float64, device="cpu").to(device)
+                choose[i] = torch.rand(pr.U, generator=self.gen, dtype=torch.float64, device="cpu").to(device)
             elif t.metric == "oracle":
-                choose[i] = _oracle_scores(pr, keep[k], rem[i], step, gen)
-            elif protocol.one_shot:
+                choose[i] = _oracle_scores(pr, keep[k], rem[i], step, self.gen)
+            elif p.one_shot:
                 choose[i] = t.order
-        choose = torch.where(rem, choose, torch.full_like(choose, float("inf")))
-        # every pending trajectory removes its units_per_step lowest-scored removable units, all
-        # trajectories at once; the chosen ids reach the host in one transfer per step
-        rows = torch.arange(len(pending), device=device)
+        return torch.where(rem, choose, torch.full_like(choose, float("inf")))
+
+    def _remove(self, P: torch.Tensor, rem: torch.Tensor, choose: torch.Tensor) -> None:
+        """Every pending trajectory removes its ``units_per_step`` lowest-scored removable units,
+        all trajectories at once; the chosen ids reach the host in one transfer per step."""
+        pr, keep, pending = self.pr, self.keep, self.pending
+        rows = torch.arange(len(pending), device=pr.device)
         picks = []
-        for j in range(protocol.units_per_step):
+        for j in range(self.p.units_per_step):
             ok = rem if j == 0 else pr.removable(keep[P])               # [n, U]; keep unchanged since rem
             score = torch.where(ok, choose, torch.full_like(choose, float("inf")))
             # argmin takes the lowest unit id on ties; a row with no finite score takes its first
@@ -304,39 +326,118 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
             picks.append(u)
         picked = torch.stack(picks, 1).tolist()                           # [n, units_per_step]
         for i, k in enumerate(pending):
-            active[k].removed.extend(v for v in picked[i] if v >= 0)
-            active[k].step_end.append(len(active[k].removed))
-        if retrain is not None:
-            for k in pending:
-                retrain(keep[k])
-        rates, left = pr.rates(keep[P], with_left=True)
+            self.active[k].removed.extend(v for v in picked[i] if v >= 0)
+            self.active[k].step_end.append(len(self.active[k].removed))
+
+    def _measure(self, P: torch.Tensor) -> None:
+        """Rates after the step; test accuracy on the schedule (every ``stride`` steps, and for a
+        trajectory with nothing left to remove); a trajectory below the target is refined inside
+        its bracket and, like one with nothing left, leaves ``pending``."""
+        pr, active, pending, step = self.pr, self.active, self.pending, self.step_no
+        rates, left = pr.rates(self.keep[P], with_left=True)
         for k, r in zip(pending, rates):
             active[k].rates.append(r)
-        # schedule
         exhausted = {k for k, more in zip(pending, left) if not more}
-        due = [k for k in pending if step % stride == 0 or k in exhausted]
+        due = [k for k in pending if step % self.stride == 0 or k in exhausted]
         if due:
-            for k, a in zip(due, pr.accuracy(keep[due])):
+            for k, a in zip(due, pr.accuracy(self.keep[due])):
                 active[k].accuracy[step] = a
         for k in list(pending):
             t = active[k]
-            if step in t.accuracy and t.accuracy[step] < target:
-                if stride > 1:
-                    _refine(pr, t, step, stride, target)
+            if step in t.accuracy and t.accuracy[step] < self.target:
+                if self.stride > 1:
+                    _refine(pr, t, step, self.stride, self.target)
                 t.crossed, t.done = True, True
                 pending.remove(k)
             elif k in exhausted:
                 t.done = True
                 pending.remove(k)
-        if progress is not None:
-            progress(step, len(pending), K)
-    by_name = {t.ran_as: t for t in active}
-    for t in trajs:                               # equivalent metrics share the run's trajectory
-        src = by_name[t.ran_as]
-        if src is not t:
-            t.removed, t.step_end, t.rates = src.removed, src.step_end, src.rates
-            t.accuracy, t.crossed, t.done = src.accuracy, src.crossed, True
-    return trajs
+
+    def results(self) -> list[Trajectory]:
+        """One trajectory per metric asked for; equivalent metrics share the run's trajectory."""
+        by_name = {t.ran_as: t for t in self.active}
+        for t in self.trajectories:
+            src = by_name[t.ran_as]
+            if src is not t:
+                t.removed, t.step_end, t.rates = src.removed, src.step_end, src.rates
+                t.accuracy, t.crossed, t.done = src.accuracy, src.crossed, True
+        return self.trajectories
+
+
+class Retraining:
+    """The ``characterise`` / ``retrain`` modes, as :class:`Pruning`'s ``after_step`` strategy.
+
+    SGD changes the weights, so the trajectory prunes its own copy of the network (``net``,
+    masked by ``masked``); after every pruning step, SGD steps (lr ``retrain_lr``, momentum 0.9,
+    batch ``batch_size``) on the training split with the trajectory's mask applied: ``retrain``
+    runs ``retrain_steps``; ``characterise`` stops once the training batch's accuracy is back at
+    ``target`` (at most ``max(retrain_steps, 50)``). BatchNorm stays in eval mode.
+    """
+
+    def __init__(self, model, masked, data, protocol: Protocol, seed: int, index: int, target: float):
+        import copy
+
+        from prunetax.metrics import MaskedModel
+
+        self.net = copy.deepcopy(model)
+        for prm in self.net.parameters():
+            prm.requires_grad_(True)
+        self.masked = MaskedModel(self.net, masked.structure)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=protocol.retrain_lr, momentum=0.9)
+        self.gen = torch.Generator().manual_seed(seed * 7919 + index)
+        self.data, self.p, self.target = data, protocol, target
+
+    def __call__(self, keep_row: torch.Tensor) -> None:
+        p, data, mm = self.p, self.data, self.masked
+        mm.set_keep(keep_row[None])
+        steps = p.retrain_steps if p.mode == "retrain" else max(p.retrain_steps, 50)
+        for _ in range(steps):
+            idx = torch.randint(len(data.train_y), (p.batch_size,), generator=self.gen, device="cpu")
+            idx = idx.to(data.train_y.device)
+            with torch.enable_grad():
+                logits = mm(data.train_x[idx])
+                loss = F.cross_entropy(logits, data.train_y[idx])
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+            self.opt.step()
+            if p.mode == "characterise":    # stop once the training batch is back above the target
+                if 100.0 * (logits.argmax(1) == data.train_y[idx]).float().mean() >= self.target:
+                    break
+
+
+def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
+          baseline_accuracy: float, progress=None, evaluator=None) -> list[Trajectory]:
+    """Run every metric's trajectory to its crossing; returns the trajectories (one per metric).
+
+    Mode ``none``: one :class:`Pruning` of all metrics at once. ``characterise`` / ``retrain``:
+    one :class:`Pruning` per metric (in order), each on its own copy of the network with a
+    :class:`Retraining` hook and the ``exact`` schedule.
+    ``evaluator``: ``"masked"`` (K masks per batched pass; the default on GPU), ``"slim"`` (each
+    mask's slimmed network; the default on CPU) or None. Both give the same accuracies.
+    :func:`prune_cell` runs it on a :class:`~prunetax.benchmarks.setup.CellSetup`.
+    """
+    if protocol.mode == "none":
+        pr = _Pruner(model, structure, masked, data, protocol, seed, device, evaluator)
+        return Pruning(pr, metrics_texts, baseline_accuracy, progress).run()
+    if not hasattr(data, "train_x"):
+        raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")
+    import dataclasses
+
+    p = dataclasses.replace(protocol, schedule="exact")
+    out = []
+    for i, text in enumerate(metrics_texts):
+        hook = Retraining(model, masked, data, p, seed, i, p.target(baseline_accuracy))
+        pr = _Pruner(hook.net.eval(), structure, hook.masked, data, p, seed, device, evaluator)
+        out += Pruning(pr, [text], baseline_accuracy, progress, after_step=hook).run()
+    return out
+
+
+def prune_cell(setup, progress=None, evaluator=None) -> list[Trajectory]:
+    """:func:`prune` on a prepared cell (``prunetax.benchmarks.setup.prepare_cell``): its metrics
+    and protocol, on its network, data, seed, device and baseline accuracy."""
+    c = setup.cell
+    return prune(setup.model, setup.structure, setup.masked, setup.data, c.metrics, c.protocol, c.seed,
+                 setup.device, setup.baseline_accuracy, progress, evaluator)
 
 
 def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float) -> None:
@@ -373,31 +474,19 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
     return scores
 
 
-def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress: bool = False) -> CellResult:
-    """Train or fetch the cell's baseline, prune it with every metric, score the crossings."""
-    from prunetax.benchmarks.data import load_dataset
-    from prunetax.benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
-    from prunetax.metrics import MaskedModel, analyze
+def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache_dir=None,
+             data_root=None) -> CellResult:
+    """Train or fetch the cell's baseline, prune it with every metric, score the crossings.
+
+    ``env``: a :class:`prunetax.benchmarks.setup.Env` (None: the defaults); the keywords
+    ``device``, ``cache_dir`` and ``data_root`` set its fields too (the older signature).
+    """
+    from prunetax.benchmarks.results import score_row, trajectory_rows
+    from prunetax.benchmarks.setup import Env, prepare_cell
 
     start = time.perf_counter()
-    p = cell.protocol
-    dev = resolve_device(device)
-    overrides = {"limit": cell.train_limit} if cell.train_limit else {}
-    recipe = recipe_for(cell.network, cell.dataset, cell.epochs, **overrides)
-    data = load_dataset(cell.dataset, root=data_root, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev,
-                        pad_to=recipe.pad_to)
-    model, info = train_baseline(cell.network, data, cell.seed, epochs=cell.epochs, device=dev,
-                                 cache_dir=cache_dir, progress=progress, limit=cell.train_limit)
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    full = analyze(model, data.test_x[:1])
-    masked = MaskedModel(model, full)
-    structure = full if p.prune_linear else full.restricted(("conv",))
-    test_x, test_y = data.test_x, data.test_y
-    if p.test_images:
-        test_x, test_y = test_x[: p.test_images], test_y[: p.test_images]
-    baseline = evaluate(model, test_x, test_y)
+    setup = prepare_cell(cell, Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root),
+                         progress=progress)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -406,91 +495,17 @@ def run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress
     def tick(step, pending, K):
         bar.update(1)
         bar.set_postfix_str(f"{K - pending}/{K} metrics crossed")
-    trajs = prune(model, structure, masked, data, cell.metrics, p, cell.seed, dev, baseline,
-                  tick if bar is not None else None)
+    trajs = prune_cell(setup, tick if bar is not None else None)
     if bar is not None:
         bar.close()
     wall = time.perf_counter() - start
-    drop = p.threshold * (baseline / 100.0 if p.relative else 1.0)
+    baseline = setup.baseline_accuracy
+    target = cell.protocol.target(baseline)
     rows, traj_rows = [], []
     for t in trajs:
-        crossing, cstep = _crossing(t, baseline - drop)
+        crossing, cstep = _crossing(t, target)
         if crossing is None:       # never fell below the target: report the final rate
             crossing, cstep = t.rates[-1], len(t.rates) - 1
-        rows.append(_row(cell, t, crossing, cstep, baseline, p, dev, wall))
-        for s in range(1, len(t.rates)):
-            units = t.removed[t.step_end[s - 1]:t.step_end[s]]
-            traj_rows.append({
-                "cell_id": cell.id, "metric_id": t.name, "network": cell.network, "dataset": cell.dataset,
-                "seed": cell.seed, "step": s, "unit": units[0] if units else -1,  # first unit of the step
-                "conv_weights_removed_pct": t.rates[s][0], "channels_removed_pct": t.rates[s][1],
-                "macs_removed_pct": t.rates[s][2], "accuracy": t.accuracy.get(s)})
+        rows.append(score_row(cell, t, crossing, cstep, baseline, setup.device, wall))
+        traj_rows += trajectory_rows(cell, t)
     return CellResult(cell, rows, traj_rows, wall)
-
-
-def _row(cell, t: Trajectory, crossing, step, baseline, p: Protocol, dev, wall) -> dict:
-    import json
-
-    import prunetax.benchmarks as benchmarks
-
-    comps = dict.fromkeys(("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation"))
-    if isinstance(t.metric, MetricSpec):
-        kind = "spec"
-        comps = dict(zip(comps, t.metric.components()))
-    elif isinstance(t.metric, MetricExpr):
-        kind = "expression"
-    else:
-        kind = "reference"
-    if kind != "reference" and "-" not in t.name and "*" not in t.name:
-        kind = "named"
-        if isinstance(t.metric, MetricSpec):
-            comps = dict(zip(comps, t.metric.components()))
-    last = max(t.accuracy) if t.accuracy else 0
-    return {"cell_id": cell.id, "metric_id": t.name, "kind": kind, **comps,
-            "network": cell.network, "dataset": cell.dataset, "seed": cell.seed,
-            "threshold": p.threshold, "threshold_mode": "relative" if p.relative else "absolute",
-            "baseline_accuracy": baseline, "conv_weights_removed_pct": crossing[0],
-            "channels_removed_pct": crossing[1], "macs_removed_pct": crossing[2], "steps": step,
-            "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
-            "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
-            "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
-            "device": str(dev), "wall_seconds": wall}
-
-
-def _prune_retraining(model, structure, masked, data, metrics_texts, protocol, seed, device, baseline, progress):
-    """characterise / retrain: SGD after every step changes the weights, so each trajectory
-    runs alone on its own copy of the network, with the exact schedule."""
-    import copy
-    import dataclasses
-
-    from prunetax.metrics import MaskedModel
-
-    if not hasattr(data, "train_x"):
-        raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")
-    p = dataclasses.replace(protocol, schedule="exact")
-    out = []
-    for i, text in enumerate(metrics_texts):
-        net = copy.deepcopy(model)
-        for prm in net.parameters():
-            prm.requires_grad_(True)
-        mm = MaskedModel(net, masked.structure)
-        opt = torch.optim.SGD(net.parameters(), lr=p.retrain_lr, momentum=0.9)
-        gen = torch.Generator().manual_seed(seed * 7919 + i)
-        target = baseline - p.threshold * (baseline / 100.0 if p.relative else 1.0)
-
-        def retrain(keep_row, mm=mm, opt=opt, gen=gen, target=target):
-            mm.set_keep(keep_row[None])
-            steps = p.retrain_steps if p.mode == "retrain" else max(p.retrain_steps, 50)
-            for _ in range(steps):
-                idx = torch.randint(len(data.train_y), (p.batch_size,), generator=gen, device="cpu").to(data.train_y.device)
-                with torch.enable_grad():
-                    logits = mm(data.train_x[idx])
-                    loss = F.cross_entropy(logits, data.train_y[idx])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                opt.step()
-                # characterise: stop once the training batch is back above the accuracy target
-                if p.mode == "characterise" and 100.0 * (logits.argmax(1) == data.train_y[idx]).float().mean() >= target:
-                    break
-        out += prune(net.eval(), structure, mm, data, [text], p, seed, device, baseline, progress, retrain=retrain)
-    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -23,36 +22,103 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from prunetax.benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult
+from prunetax.benchmarks.cell import SCHEMA_VERSION, Cell, CellResult
 from prunetax.taxonomy.errors import PrunetaxError
 
-__all__ = ["SCORES_SCHEMA", "TRAJECTORIES_SCHEMA", "write_cell_result", "read_scores", "read_trajectories",
-           "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS"]
+__all__ = ["SCORE_FIELDS", "TRAJECTORY_FIELDS", "ROW_COLUMNS", "TRAJECTORY_COLUMNS", "SCORES_SCHEMA",
+           "TRAJECTORIES_SCHEMA", "score_row", "trajectory_rows", "write_cell_result", "read_scores",
+           "read_trajectories", "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS"]
 
 PARTITIONS = ("network", "dataset")
 _STR, _INT, _FLT, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
-_ROW_TYPES = {
-    "cell_id": _STR, "metric_id": _STR, "kind": _STR, "base_input": _STR, "pointwise": _STR, "reduction": _STR,
-    "scaling": _STR, "structure": _STR, "aggregation": _STR, "network": _STR, "dataset": _STR, "seed": _INT,
-    "threshold": _FLT, "threshold_mode": _STR, "baseline_accuracy": _FLT, "conv_weights_removed_pct": _FLT,
-    "channels_removed_pct": _FLT, "macs_removed_pct": _FLT, "steps": _INT, "crossed": _BOOL,
-    "final_accuracy": _FLT, "ran_as": _STR, "schedule": _STR, "mode": _STR, "protocol": _STR,
-    "prunetax_version": _STR, "torch_version": _STR, "device": _STR, "wall_seconds": _FLT,
-}
-_TRAJ_TYPES = {
-    "cell_id": _STR, "metric_id": _STR, "network": _STR, "dataset": _STR, "seed": _INT, "step": _INT,
-    "unit": _INT, "conv_weights_removed_pct": _FLT, "channels_removed_pct": _FLT, "macs_removed_pct": _FLT,
-    "accuracy": _FLT,
-}
-assert set(_ROW_TYPES) == set(ROW_COLUMNS) and set(_TRAJ_TYPES) == set(TRAJECTORY_COLUMNS)
 
-# Full schemas of the datasets as read back (partition columns included, in the cell.py order).
-SCORES_SCHEMA = pa.schema([(c, _ROW_TYPES[c]) for c in ROW_COLUMNS])
-TRAJECTORIES_SCHEMA = pa.schema([(c, _TRAJ_TYPES[c]) for c in TRAJECTORY_COLUMNS])
+# The two tables, column by column, in their order: a column is added here and in the row builder
+# below (``score_row`` / ``trajectory_rows``), nowhere else. Existing results folders must keep
+# reading: append new columns, never reorder or retype these.
+SCORE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (       # one row per metric of a cell
+    ("cell_id", _STR), ("metric_id", _STR), ("kind", _STR),
+    ("base_input", _STR), ("pointwise", _STR), ("reduction", _STR), ("scaling", _STR), ("structure", _STR),
+    ("aggregation", _STR),
+    ("network", _STR), ("dataset", _STR), ("seed", _INT),
+    ("threshold", _FLT), ("threshold_mode", _STR), ("baseline_accuracy", _FLT),
+    ("conv_weights_removed_pct", _FLT), ("channels_removed_pct", _FLT), ("macs_removed_pct", _FLT),
+    ("steps", _INT), ("crossed", _BOOL), ("final_accuracy", _FLT), ("ran_as", _STR),
+    ("schedule", _STR), ("mode", _STR), ("protocol", _STR),
+    ("prunetax_version", _STR), ("torch_version", _STR), ("device", _STR), ("wall_seconds", _FLT),
+)
+TRAJECTORY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (  # one row per pruning step of each metric
+    ("cell_id", _STR), ("metric_id", _STR), ("network", _STR), ("dataset", _STR), ("seed", _INT),
+    ("step", _INT), ("unit", _INT),
+    ("conv_weights_removed_pct", _FLT), ("channels_removed_pct", _FLT), ("macs_removed_pct", _FLT),
+    ("accuracy", _FLT),
+)
+ROW_COLUMNS = tuple(name for name, _ in SCORE_FIELDS)
+TRAJECTORY_COLUMNS = tuple(name for name, _ in TRAJECTORY_FIELDS)
+_COMPONENTS = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
+
+# Full schemas of the datasets as read back (partition columns included, in the order above).
+SCORES_SCHEMA = pa.schema(SCORE_FIELDS)
+TRAJECTORIES_SCHEMA = pa.schema(TRAJECTORY_FIELDS)
 # Schemas of the files themselves: the partition columns live in the folder names.
 _FILE_SCORES = pa.schema([f for f in SCORES_SCHEMA if f.name not in PARTITIONS])
 _FILE_TRAJ = pa.schema([f for f in TRAJECTORIES_SCHEMA if f.name not in PARTITIONS])
 _PARTITION_SCHEMA = pa.schema([(p, _STR) for p in PARTITIONS])
+
+
+def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, device, wall: float) -> dict:
+    """The scores row of one metric of ``cell``: ``trajectory`` (``protocol.Trajectory``) read at
+    ``crossing`` (conv %, channels %, MACs % where accuracy crossed the target, or the final rate),
+    reached at step ``steps``; ``baseline``: the baseline's test accuracy."""
+    import torch
+
+    import prunetax.benchmarks as benchmarks
+    from prunetax.taxonomy.expr import MetricExpr
+    from prunetax.taxonomy.spec import MetricSpec
+
+    t, p = trajectory, cell.protocol
+    comps = dict.fromkeys(_COMPONENTS)
+    if isinstance(t.metric, MetricSpec):
+        kind = "spec"
+        comps = dict(zip(_COMPONENTS, t.metric.components()))
+    elif isinstance(t.metric, MetricExpr):
+        kind = "expression"
+    else:
+        kind = "reference"
+    if kind != "reference" and "-" not in t.name and "*" not in t.name:
+        kind = "named"
+    last = max(t.accuracy) if t.accuracy else 0
+    row = {"cell_id": cell.id, "metric_id": t.name, "kind": kind, **comps,
+           "network": cell.network, "dataset": cell.dataset, "seed": cell.seed,
+           "threshold": p.threshold, "threshold_mode": "relative" if p.relative else "absolute",
+           "baseline_accuracy": baseline, "conv_weights_removed_pct": crossing[0],
+           "channels_removed_pct": crossing[1], "macs_removed_pct": crossing[2], "steps": steps,
+           "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
+           "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
+           "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
+           "device": str(device), "wall_seconds": wall}
+    return _in_order(row, ROW_COLUMNS)
+
+
+def trajectory_rows(cell: Cell, trajectory) -> list[dict]:
+    """The trajectories rows of one metric of ``cell``: one per pruning step (accuracy None on
+    steps the schedule did not evaluate; ``unit``: the step's first unit, -1 if none)."""
+    t = trajectory
+    out = []
+    for s in range(1, len(t.rates)):
+        units = t.removed[t.step_end[s - 1]:t.step_end[s]]
+        out.append(_in_order({
+            "cell_id": cell.id, "metric_id": t.name, "network": cell.network, "dataset": cell.dataset,
+            "seed": cell.seed, "step": s, "unit": units[0] if units else -1,
+            "conv_weights_removed_pct": t.rates[s][0], "channels_removed_pct": t.rates[s][1],
+            "macs_removed_pct": t.rates[s][2], "accuracy": t.accuracy.get(s)}, TRAJECTORY_COLUMNS))
+    return out
+
+
+def _in_order(row: dict, columns: tuple[str, ...]) -> dict:
+    """``row`` with exactly ``columns``, in their order (a builder that misses one fails here)."""
+    if row.keys() != set(columns):
+        raise AssertionError(f"row columns {sorted(set(row) ^ set(columns))} differ from the table's")
+    return {c: row[c] for c in columns}
 
 
 def _segment(value: str) -> str:
@@ -135,12 +201,12 @@ def _read(root, which: str, schema: pa.Schema, file_schema: pa.Schema) -> pa.Tab
 
 
 def read_scores(root) -> pa.Table:
-    """Every complete cell's rows under ``root`` (columns ``prunetax.benchmarks.cell.ROW_COLUMNS``)."""
+    """Every complete cell's rows under ``root`` (columns ``ROW_COLUMNS``)."""
     return _read(root, "scores", SCORES_SCHEMA, _FILE_SCORES)
 
 
 def read_trajectories(root) -> pa.Table:
-    """Every written trajectory row under ``root`` (columns ``prunetax.benchmarks.cell.TRAJECTORY_COLUMNS``)."""
+    """Every written trajectory row under ``root`` (columns ``TRAJECTORY_COLUMNS``)."""
     return _read(root, "trajectories", TRAJECTORIES_SCHEMA, _FILE_TRAJ)
 
 

@@ -9,9 +9,10 @@ from torch import nn
 
 import prunetax.benchmarks as benchmarks
 from prunetax.benchmarks import grid
-from prunetax.benchmarks.cell import ROW_COLUMNS, Cell, CellResult, Protocol
+from prunetax.benchmarks.cell import Cell, CellResult, Protocol
 from prunetax.benchmarks.grid import expand_metrics, grid_cells, load_grid_file, run_grid
-from prunetax.benchmarks.results import cell_done, read_scores
+from prunetax.benchmarks.results import ROW_COLUMNS, cell_done, read_scores
+from prunetax.benchmarks.setup import Env
 from prunetax.enumerate import metric_space
 from prunetax.taxonomy.errors import PrunetaxError
 
@@ -21,8 +22,9 @@ def fake_rate(cell: Cell, metric: str) -> float:
     return round(digest[0] / 2.55, 3)
 
 
-def fake_run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, progress=False) -> CellResult:
+def fake_run_cell(cell: Cell, env: Env, progress=False) -> CellResult:
     FAKE_CALLS.append(cell.id)
+    ENVS.append(env)
     rows = []
     for m in cell.metrics:
         r = dict.fromkeys(ROW_COLUMNS)
@@ -33,11 +35,13 @@ def fake_run_cell(cell: Cell, device="auto", cache_dir=None, data_root=None, pro
 
 
 FAKE_CALLS: list[str] = []
+ENVS: list[Env] = []
 
 
 @pytest.fixture
 def fake(monkeypatch):
     FAKE_CALLS.clear()
+    ENVS.clear()
     monkeypatch.setattr(grid, "_run_cell", fake_run_cell)
     return FAKE_CALLS
 
@@ -163,7 +167,6 @@ def test_runner_errors(tmp_path, fake):
 
 @pytest.mark.parametrize("backend, extra", [("dask", "dask"), ("ray", "ray")])
 def test_missing_backend_names_the_extra(tmp_path, fake, backend, extra):
-    pytest.importorskip("joblib")
     try:
         __import__({"dask": "dask.distributed", "ray": "ray.util.joblib"}[backend])
         pytest.skip(f"{backend} is installed")
@@ -192,5 +195,35 @@ def test_train_baselines_dedupes(monkeypatch):
     import prunetax.benchmarks.training as training
     monkeypatch.setattr(training, "train_baseline", lambda *a, **kw: calls.append((a, kw["epochs"], kw["limit"])))
     cells = grid_cells({**BASE, "seeds": [0, 1]}) + grid_cells({**BASE, "seeds": [0, 1], "metrics": ["oracle"]})
-    grid._train_baselines(cells, "cpu", None, None, False)
+    grid._train_baselines(cells, Env("cpu"), False)
     assert calls == [(("lenet5", "mnist", 0), None, None), (("lenet5", "mnist", 1), None, None)]
+
+
+def test_env_defaults_old_keywords_and_pickling(tmp_path, monkeypatch):
+    import pickle
+
+    env = Env()
+    assert (env.device, env.cache_dir, env.data_root) == ("auto", None, None)
+    monkeypatch.setenv("PRUNETAX_CACHE", str(tmp_path / "c"))
+    assert env.cache == tmp_path / "c"                    # resolved where used, not when built
+    assert Env(cache_dir=tmp_path).cache_dir == str(tmp_path) and Env(cache_dir=tmp_path).cache == tmp_path
+    assert Env(torch.device("cpu")).torch_device == torch.device("cpu")
+    assert Env.of(None, device="cpu", data_root=tmp_path) == Env("cpu", None, str(tmp_path))
+    assert Env.of(Env("cpu", "/c"), data_root="/d") == Env("cpu", "/c", "/d")
+    assert Env.of("cpu") == Env("cpu")                    # the old positional device
+    e = Env("cuda:1", str(tmp_path), "/data")
+    assert pickle.loads(pickle.dumps(e)) == e
+    with pytest.raises(PrunetaxError, match="unknown device"):
+        Env("tpu").torch_device
+
+
+def test_runner_sends_one_env_to_the_cells(tmp_path, fake):
+    cells = grid_cells({**BASE, "seeds": [0, 1]})
+    run_grid(cells, tmp_path / "a", device="cpu", cache_dir=tmp_path / "c", progress=False)
+    assert ENVS == [Env("cpu", str(tmp_path / "c"), None)] * 2
+    ENVS.clear()
+    env = Env("cpu", None, str(tmp_path / "d"))
+    run_grid(cells, tmp_path / "b", env=env, progress=False)
+    benchmarks.run(cells[0], env=env)
+    benchmarks.run(cells[0], device="cpu", data_root=str(tmp_path / "d"))
+    assert ENVS == [env] * 4

@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prunetax.benchmarks.cell import Protocol
-from prunetax.benchmarks.protocol import Trajectory, _crossing, _Pruner, prune
+from prunetax.benchmarks.cell import Cell, Protocol
+from prunetax.benchmarks.protocol import Pruning, Trajectory, _crossing, _Pruner, prune
+from prunetax.benchmarks.setup import Env, prepare_cell
 from prunetax.metrics import MaskedModel, analyze, saliencies
 from prunetax.taxonomy import parse_metric
 
@@ -14,14 +15,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def trained(cache):
     """A LeNet-5 trained briefly on 1,500 MNIST images (float64), with a small test set."""
     from prunetax.benchmarks.data import load_dataset
     from prunetax.benchmarks.training import evaluate, train_baseline
 
     data = load_dataset("mnist", eval_size=5000, seed=0)
     model, _ = train_baseline("lenet5", data, 0, epochs=1, device="cpu", progress=False,
-                              cache_dir=tmp_path_factory.mktemp("cache"), limit=1500)
+                              cache_dir=cache, limit=1500)
     model = model.double().eval()
     small = SimpleNamespace(eval_x=data.eval_x[:600].double(), eval_y=data.eval_y[:600],
                             test_x=data.test_x[:200].double(), test_y=data.test_y[:200])
@@ -79,6 +85,54 @@ def test_crossing_is_linear_interpolation_by_hand():
     assert step == 3
     assert rates == pytest.approx((30 + 2 / 7 * 20, 15 + 2 / 7 * 5, 20 + 2 / 7 * 20))
     assert _crossing(t, 70.0) == (None, None)
+
+
+def test_target_by_hand():
+    assert Protocol(threshold=5.0).target(90.0) == 85.0                     # 5 points below
+    assert Protocol(threshold=5.0, relative=True).target(90.0) == 85.5      # 5 % of 90 = 4.5 points
+    assert Protocol(threshold=2.5, relative=True).target(80.0) == 78.0      # 2.5 % of 80 = 2 points
+    assert Protocol(threshold=0.5).target(99.25) == 98.75
+
+
+def test_the_loop_steps_once_per_call_and_runs_its_after_step_strategy(trained):
+    model, st, data, base, masked = trained
+    p = Protocol(saliency_batches=1, batch_size=16, threshold=5.0, relative=True, schedule="exact")
+    pr = _Pruner(model, st, masked, data, p, 0, torch.device("cpu"))
+    calls = []
+    pruning = Pruning(pr, ["weight-value-l1-none", "filter_l1", "random"], base,
+                      after_step=lambda keep_row: calls.append(int(keep_row.sum())))
+    assert pruning.target == p.target(base) and len(pruning.active) == 2     # filter_l1 runs as the spec
+    pruning.step()
+    assert pruning.step_no == 1 and calls == [st.num_units - 1] * 2
+    assert all(len(t.step_end) == 2 and len(t.removed) == 1 for t in pruning.active)
+    while pruning.pending:
+        pruning.step()
+    got = {t.name: t for t in pruning.results()}
+    assert got["filter_l1"].removed == got["weight-value-l1-none"].removed
+    steps = sum(len(t.step_end) - 1 for t in pruning.active)
+    assert len(calls) == steps                                               # once per pending trajectory and step
+    alone = prune(model, st, masked, data, ["weight-value-l1-none", "random"], p, 0, torch.device("cpu"), base)
+    for t in alone:                                                          # a hook that changes nothing changes nothing
+        assert t.removed == got[t.name].removed and t.accuracy == got[t.name].accuracy
+
+
+def test_prepare_cell_is_the_trained_model_on_the_test_subset(trained, cache):
+    from prunetax.benchmarks.training import evaluate, train_baseline
+
+    cell = Cell("lenet5", "mnist", 0, ("random",), Protocol(test_images=300), epochs=1, train_limit=1500)
+    s = prepare_cell(cell, Env("cpu", cache))
+    assert s.info["cached"] and s.device == torch.device("cpu") and s.cell is cell
+    by_hand, _ = train_baseline("lenet5", s.data, 0, epochs=1, device="cpu", progress=False, cache_dir=cache,
+                                limit=1500)
+    assert s.baseline_accuracy == evaluate(by_hand, s.data.test_x[:300], s.data.test_y[:300])
+    assert torch.equal(s.test_x, s.data.test_x[:300]) and len(s.test_y) == 300
+    assert not s.model.training and not any(prm.requires_grad for prm in s.model.parameters())
+    assert [s.structure.layers[q].kind for q in s.structure.producers] == ["conv", "conv"]
+    assert len(s.full_structure.producers) > len(s.structure.producers) and s.masked.structure is s.full_structure
+    linear = prepare_cell(Cell("lenet5", "mnist", 0, (), Protocol(prune_linear=True), 1, 1500), Env("cpu", cache),
+                          load_model=lambda data, dev: (s.model, {"source": "here"}), accuracy=False)
+    assert linear.structure is linear.full_structure and linear.baseline_accuracy is None
+    assert linear.info == {"source": "here"} and len(linear.test_y) == len(linear.data.test_y)
 
 
 def test_one_shot_follows_the_baseline_ranking(trained):

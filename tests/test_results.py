@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import prunetax.benchmarks as benchmarks
-from prunetax.benchmarks.cell import ROW_COLUMNS, SCHEMA_VERSION, TRAJECTORY_COLUMNS, Cell, CellResult, Protocol
-from prunetax.benchmarks.results import (cell_done, cell_path, leaderboard, read_scores, read_trajectories,
-                                write_cell_result)
+from prunetax.benchmarks.cell import SCHEMA_VERSION, Cell, CellResult, Protocol
+from prunetax.benchmarks.results import (ROW_COLUMNS, SCORES_SCHEMA, TRAJECTORIES_SCHEMA, TRAJECTORY_COLUMNS,
+                                         cell_done, cell_path, leaderboard, read_scores, read_trajectories,
+                                         score_row, trajectory_rows, write_cell_result)
 from prunetax.taxonomy.errors import PrunetaxError
 
 COMPONENTS = {"weight-value-l1-none": ("weight", "value", "l1", "none", "channel", "per_image"),
@@ -89,6 +90,52 @@ def test_write_read_round_trip_with_types_and_metadata(tmp_path):
     assert t.column_names == list(TRAJECTORY_COLUMNS) and t.num_rows == 6
     assert sorted(t.column("accuracy").to_pylist(), key=lambda v: -1 if v is None else v) == \
         [None, None, 88.0, 88.0, 90.0, 90.0]
+
+
+def test_schemas_are_the_published_ones():
+    """Column names, order and types as written by every earlier version (docs/results.md):
+    existing results folders must keep reading. New columns go at the end."""
+    S, I, F, B = pa.string(), pa.int64(), pa.float64(), pa.bool_()
+    scores = [("cell_id", S), ("metric_id", S), ("kind", S), ("base_input", S), ("pointwise", S),
+              ("reduction", S), ("scaling", S), ("structure", S), ("aggregation", S), ("network", S),
+              ("dataset", S), ("seed", I), ("threshold", F), ("threshold_mode", S), ("baseline_accuracy", F),
+              ("conv_weights_removed_pct", F), ("channels_removed_pct", F), ("macs_removed_pct", F),
+              ("steps", I), ("crossed", B), ("final_accuracy", F), ("ran_as", S), ("schedule", S), ("mode", S),
+              ("protocol", S), ("prunetax_version", S), ("torch_version", S), ("device", S), ("wall_seconds", F)]
+    trajectories = [("cell_id", S), ("metric_id", S), ("network", S), ("dataset", S), ("seed", I), ("step", I),
+                    ("unit", I), ("conv_weights_removed_pct", F), ("channels_removed_pct", F),
+                    ("macs_removed_pct", F), ("accuracy", F)]
+    assert [(f.name, f.type) for f in SCORES_SCHEMA] == scores
+    assert [(f.name, f.type) for f in TRAJECTORIES_SCHEMA] == trajectories
+    assert ROW_COLUMNS == tuple(n for n, _ in scores) and TRAJECTORY_COLUMNS == tuple(n for n, _ in trajectories)
+
+
+def test_row_builders_by_hand(tmp_path):
+    from prunetax.benchmarks.protocol import Trajectory
+    from prunetax.taxonomy import parse_metric
+
+    c = cell(metrics=("filter_l1", "random"), threshold=2.0, relative=True)
+    named = Trajectory("filter_l1", parse_metric("filter_l1"), "weight-value-l1-none")
+    named.removed, named.step_end = [4, 7, 9], [0, 1, 3]
+    named.rates = [(0.0, 0.0, 0.0), (10.0, 5.0, 8.0), (30.0, 15.0, 20.0)]
+    named.accuracy, named.crossed = {0: 90.0, 2: 80.0}, True
+    ref = Trajectory("random", "random", "random")
+    r = score_row(c, named, (25.0, 12.5, 17.0), 2, 90.0, "cpu", 3.5)
+    assert list(r) == list(ROW_COLUMNS)
+    assert (r["kind"], r["base_input"], r["structure"], r["ran_as"]) == ("named", "weight", "channel",
+                                                                       "weight-value-l1-none")
+    assert (r["threshold"], r["threshold_mode"], r["baseline_accuracy"]) == (2.0, "relative", 90.0)
+    assert (r["conv_weights_removed_pct"], r["channels_removed_pct"], r["macs_removed_pct"]) == (25.0, 12.5, 17.0)
+    assert (r["steps"], r["crossed"], r["final_accuracy"], r["device"], r["wall_seconds"]) == (2, True, 80.0, "cpu", 3.5)
+    assert json.loads(r["protocol"]) == c.protocol.to_dict() and r["cell_id"] == c.id
+    rr = score_row(c, ref, (0.0, 0.0, 0.0), 0, 90.0, "cpu", 3.5)
+    assert rr["kind"] == "reference" and rr["base_input"] is None and rr["final_accuracy"] is None
+    rows = trajectory_rows(c, named)
+    assert [list(x) for x in rows] == [list(TRAJECTORY_COLUMNS)] * 2
+    assert [(x["step"], x["unit"], x["conv_weights_removed_pct"], x["accuracy"]) for x in rows] == \
+        [(1, 4, 10.0, None), (2, 7, 30.0, 80.0)]               # unit: the step's first; accuracy when measured
+    write_cell_result(tmp_path, CellResult(c, [r, rr], rows, 3.5))
+    assert read_scores(tmp_path).num_rows == 2 and read_trajectories(tmp_path).num_rows == 2
 
 
 def test_pandas_reads_both_datasets(tmp_path):

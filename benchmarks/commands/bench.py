@@ -73,12 +73,12 @@ def run(args) -> int:
     from prunetax.benchmarks.grid import grid_cells, run_grid
     from prunetax.benchmarks.io import format_table
     from prunetax.benchmarks.results import leaderboard
+    from prunetax.benchmarks.setup import Env
 
     config, source = build_config(args)
     cells = grid_cells(config, source)  # everything validated before anything is written
-    summary = run_grid(cells, args.results, backend=args.backend, n_jobs=args.jobs, device=args.device,
-                       scheduler=args.scheduler, cache_dir=args.cache_dir, data_root=args.data_root,
-                       progress=sys.stderr.isatty())
+    summary = run_grid(cells, args.results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
+                       env=Env.from_args(args), progress=sys.stderr.isatty())
     n_metrics = len(cells[0].metrics)
     print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")

@@ -47,59 +47,53 @@ def check_finite(model, source: str) -> None:
             raise PrunetaxError(f"{source} has {bad} NaN/Inf values in '{name}'; re-train or repair the checkpoint")
 
 
-def load_model(args, data, device):
-    """The model of ``args`` for ``data``: from --checkpoint or the (cached) baseline of --seed."""
+def load_checkpoint(args, data, device):
+    """``(model, info)`` of ``--checkpoint`` for ``data`` (``prepare_cell``'s ``load_model``)."""
     import torch
 
     from prunetax.benchmarks.data import model_input_spec
     from prunetax.benchmarks.models import create_model
-    from prunetax.benchmarks.training import train_baseline
     from prunetax.taxonomy.errors import PrunetaxError
 
-    if args.checkpoint:
-        in_ch, size, classes = model_input_spec(data)
-        model = create_model(args.model, in_ch, classes, size)
-        try:
-            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-        except FileNotFoundError:
-            raise PrunetaxError(f"checkpoint {args.checkpoint!r} does not exist") from None
-        except (RuntimeError, ValueError, EOFError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PrunetaxError(f"checkpoint {args.checkpoint!r} does not fit model {args.model}: {first}") from None
-        source = f"checkpoint {args.checkpoint}"
-        model = model.to(device)
-    else:
-        model, info = train_baseline(args.model, data, args.seed, device=device, cache_dir=args.cache_dir,
-                                     progress=sys.stderr.isatty())
-        source = f"baseline {info['path']}"
-    check_finite(model, source)
-    return model.eval(), source
+    in_ch, size, classes = model_input_spec(data)
+    model = create_model(args.model, in_ch, classes, size)
+    try:
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except FileNotFoundError:
+        raise PrunetaxError(f"checkpoint {args.checkpoint!r} does not exist") from None
+    except (RuntimeError, ValueError, EOFError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PrunetaxError(f"checkpoint {args.checkpoint!r} does not fit model {args.model}: {first}") from None
+    source = f"checkpoint {args.checkpoint}"
+    check_finite(model, source)  # before the structure analysis runs it
+    return model.to(device), {"source": source}
 
 
 def run(args) -> int:
     import pyarrow.parquet as pq
 
-    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.cell import Cell, Protocol
     from prunetax.benchmarks.io import atomic_path
-    from prunetax.benchmarks.training import recipe_for, resolve_device
-    from prunetax.metrics import analyze, saliencies
+    from prunetax.benchmarks.setup import Env, prepare_cell
+    from prunetax.metrics import saliencies
     from prunetax.taxonomy.errors import PrunetaxError
 
     if args.images < 1 or args.batch_size < 1:
         raise PrunetaxError("--images and --batch-size must be positive")
     metrics = parse_metric_list(args.metrics)
-    device = resolve_device(args.device)
-    recipe = recipe_for(args.model, args.dataset)
-    data = load_dataset(args.dataset, root=args.data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
-                        device=device, pad_to=recipe.pad_to)
-    model, source = load_model(args, data, device)
+    # the cell's set-up (recipe, data, baseline or checkpoint, structure), without a test pass
+    cell = Cell(args.model, args.dataset, args.seed, (), Protocol(prune_linear=args.include_linear))
+    loader = (lambda data, device: load_checkpoint(args, data, device)) if args.checkpoint else None
+    setup = prepare_cell(cell, Env.from_args(args), progress=sys.stderr.isatty(), load_model=loader,
+                         accuracy=False)
+    model, data, structure = setup.model, setup.data, setup.structure
+    source = setup.info.get("source") or f"baseline {setup.info['path']}"
+    if not args.checkpoint:
+        check_finite(model, source)
     if args.images > len(data.eval_y):
         raise PrunetaxError(f"--images {args.images} exceeds the {len(data.eval_y)} eval images of {args.dataset}")
     x, y = data.eval_x[: args.images], data.eval_y[: args.images]
-    structure = analyze(model, x[:1])
-    if not args.include_linear:
-        structure = structure.restricted(("conv",))
     if not structure.producers:
         raise PrunetaxError(f"model {args.model} has no convolution producers; pass --include-linear")
     batches = [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, len(y), args.batch_size)]

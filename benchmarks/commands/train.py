@@ -21,10 +21,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from prunetax.benchmarks.setup import Env
     from prunetax.benchmarks.training import train_baseline
 
-    _, info = train_baseline(args.model, args.dataset, args.seed, epochs=args.epochs, device=args.device,
-                             cache_dir=args.cache_dir, data_root=args.data_root, progress=True,
+    env = Env.from_args(args)
+    _, info = train_baseline(args.model, args.dataset, args.seed, epochs=args.epochs, device=env.device,
+                             cache_dir=env.cache, data_root=env.data_root, progress=True,
                              download=args.download)
     if args.format == "json":
         print(json.dumps(info, sort_keys=True))

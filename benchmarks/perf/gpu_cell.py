@@ -332,31 +332,19 @@ def main(argv=None) -> int:
             cfg[k] = getattr(args, k)
     skip = {int(s) for s in args.skip.replace(" ", "").split(",") if s}
 
-    from prunetax.benchmarks.cell import Protocol
-    from prunetax.benchmarks.data import load_dataset
-    from prunetax.benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
-    from prunetax.metrics import MaskedModel, analyze
+    from prunetax.benchmarks.cell import Cell, Protocol
+    from prunetax.benchmarks.setup import Env, prepare_cell
 
-    dev = resolve_device(args.device)
+    env = Env.from_args(args)
+    dev = env.torch_device
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine() or "cpu")
     print(f"# gpu_cell --size {args.size}: device {dev} ({name}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, python {platform.python_version()}", flush=True)
     t_setup = time.perf_counter()
-    recipe = recipe_for(cfg["model"], args.dataset, cfg["epochs"],
-                        **({"limit": cfg["limit"]} if cfg["limit"] else {}))
-    data = load_dataset(args.dataset, root=args.data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
-                        device=dev, pad_to=recipe.pad_to)
-    model, info = train_baseline(cfg["model"], data, args.seed, epochs=cfg["epochs"], device=dev,
-                                 cache_dir=args.cache_dir, progress=False, limit=cfg["limit"])
-    model.eval()
-    for prm in model.parameters():
-        prm.requires_grad_(False)
-    full = analyze(model, data.test_x[:1])
-    masked = MaskedModel(model, full)
-    st = full.restricted(("conv",))
     proto = Protocol(test_images=cfg["test_images"], saliency_batches=cfg["saliency_batches"])
-    T = cfg["test_images"] or len(data.test_y)
-    baseline = evaluate(model, data.test_x[:T], data.test_y[:T])
+    setup = prepare_cell(Cell(cfg["model"], args.dataset, args.seed, (), proto, cfg["epochs"], cfg["limit"]), env)
+    recipe, data, model, info = setup.recipe, setup.data, setup.model, setup.info
+    masked, st, baseline, T = setup.masked, setup.structure, setup.baseline_accuracy, len(setup.test_y)
     from prunetax.benchmarks.protocol import resolve_metrics
     metrics = [t.name for t in resolve_metrics(resolve_metric_list(cfg["metrics"]), st)]
     ctx = SimpleNamespace(model=model, masked=masked, st=st, data=data, proto=proto, seed=args.seed,

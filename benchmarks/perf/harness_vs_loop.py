@@ -69,26 +69,16 @@ def main(argv=None) -> None:
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
 
-    from prunetax.benchmarks.cell import Protocol
-    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.cell import Cell, Protocol
     from prunetax.benchmarks.protocol import _crossing, prune
-    from prunetax.benchmarks.training import evaluate, recipe_for, resolve_device, train_baseline
-    from prunetax.metrics import MaskedModel, analyze
+    from prunetax.benchmarks.setup import Env, prepare_cell
 
-    dev = resolve_device(args.device)
-    recipe = recipe_for(args.model, args.dataset, args.epochs)
-    data = load_dataset(args.dataset, eval_size=recipe.eval_size, seed=recipe.split_seed, device=dev,
-                        pad_to=recipe.pad_to)
-    model, _ = train_baseline(args.model, data, args.seed, epochs=args.epochs, device=dev,
-                              cache_dir=args.cache_dir, progress=False)
-    model.eval().requires_grad_(False)
-    full = analyze(model, data.test_x[:1])
-    st = full.restricted(("conv",))
-    masked = MaskedModel(model, full)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     proto = Protocol(test_images=args.test_images, saliency_batches=args.saliency_batches)
-    tx, ty = data.test_x[: args.test_images], data.test_y[: args.test_images]
-    baseline = evaluate(model, tx, ty)
+    setup = prepare_cell(Cell(args.model, args.dataset, args.seed, tuple(metrics), proto, args.epochs),
+                         Env.from_args(args))
+    dev, model, st, masked, data = setup.device, setup.model, setup.structure, setup.masked, setup.data
+    baseline = setup.baseline_accuracy
     target = baseline - proto.threshold
 
     t0 = time.perf_counter()

@@ -39,9 +39,10 @@ def command(argv: list[str], fake: bool) -> list[str]:
 
 
 # ------------------------------------------------------------------ the fake runner (--fake)
-def fake_run_cell(cell, device="auto", cache_dir=None, data_root=None, progress=False):
-    """Deterministic rows and trajectories from the cell alone, after a short sleep."""
-    from prunetax.benchmarks.cell import ROW_COLUMNS, CellResult
+def fake_run_cell(cell, env=None, progress=False):
+    """Deterministic rows and trajectories from the cell alone, after a short sleep (grid._run_cell's signature)."""
+    from prunetax.benchmarks.cell import CellResult
+    from prunetax.benchmarks.results import ROW_COLUMNS
 
     time.sleep(float(os.environ.get("PRUNETAX_FAKE_SLEEP", "1.0")))
     rows, traj = [], []
