@@ -1,5 +1,5 @@
 """The harness: model zoo, data, baseline training, pruning protocol, grid runner, leaderboards."""
-__version__ = "0.1.0"
+from prunetax.benchmarks._version import __version__
 
 # Public entry points, imported on first use so that ``import benchmarks`` stays light.
 _LAZY = {"run": "prunetax.benchmarks.grid", "run_grid": "prunetax.benchmarks.grid", "leaderboard": "prunetax.benchmarks.results"}

@@ -30,7 +30,7 @@ def _available_commands():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prunetax.benchmarks import __version__
+    from prunetax.benchmarks._version import __version__
 
     parser = _Parser(
         prog="prunetax",

@@ -71,7 +71,7 @@ def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, dev
     reached at step ``steps``; ``baseline``: the baseline's test accuracy."""
     import torch
 
-    import prunetax.benchmarks as benchmarks
+    from prunetax.benchmarks._version import __version__
     from prunetax.taxonomy.expr import MetricExpr
     from prunetax.taxonomy.spec import MetricSpec
 
@@ -94,7 +94,7 @@ def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, dev
            "channels_removed_pct": crossing[1], "macs_removed_pct": crossing[2], "steps": steps,
            "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
            "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
-           "prunetax_version": benchmarks.__version__, "torch_version": torch.__version__,
+           "prunetax_version": __version__, "torch_version": torch.__version__,
            "device": str(device), "wall_seconds": wall}
     return _in_order(row, ROW_COLUMNS)
 

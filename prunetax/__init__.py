@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from prunetax.benchmarks._version import __version__  # one version: it enters the cache keys
 
 _LAZY = {
     # what a metric is
