@@ -1,7 +1,9 @@
 """The model zoo: a registry of fx-traceable CNNs (timm style).
 
-``@register_model`` adds a builder ``fn(in_channels, num_classes, input_size) -> nn.Module``;
-``list_models("resnet*")`` filters names with a glob; ``create_model(name, ...)`` builds one.
+``@register_model`` adds a builder ``fn(in_channels, num_classes, input_size) -> nn.Module``,
+with the recipe its baseline is trained with (``recipe={"epochs": 20, "lr": 0.05}``, fields of
+``prunetax.benchmarks.training.Recipe``); ``list_models("resnet*")`` filters names with a glob;
+``create_model(name, ...)`` builds one.
 Torchvision models are registered lazily: they are listed even when torchvision does not
 import, marked unavailable with the reason (``model_info(name).available``).
 """
@@ -10,8 +12,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -26,6 +29,9 @@ class ModelInfo:
     name: str
     description: str
     needs: str | None = None  # optional package the builder imports lazily
+    # The baseline training recipe the model declared at registration: Recipe fields (read-only);
+    # None: it declared none and trains with the default recipe (training.DEFAULT_RECIPE).
+    recipe: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
     def available(self) -> bool:
@@ -54,15 +60,28 @@ def _import_problem(package: str) -> str | None:
     return _IMPORT_PROBLEMS[package]
 
 
-def register_model(fn=None, *, name: str | None = None, needs: str | None = None):
-    """Decorator: register ``fn(in_channels, num_classes, input_size) -> nn.Module`` under its name."""
+def register_model(fn=None, *, name: str | None = None, needs: str | None = None,
+                   recipe: Mapping[str, Any] | None = None):
+    """Decorator: register ``fn(in_channels, num_classes, input_size) -> nn.Module`` under its name.
+
+    ``recipe`` is how its baseline is trained: a dict of fields of
+    :class:`prunetax.benchmarks.training.Recipe`, e.g. ``{"epochs": 20, "lr": 0.05}``; fields it
+    leaves out keep the Recipe's defaults (epochs: ``training.FALLBACK_EPOCHS``), and crop/flip
+    augmentation follows the data set unless it sets ``augment``. ``recipe_for`` reads it from
+    here. Without ``recipe`` the model trains with the default recipe (``training.DEFAULT_RECIPE``),
+    and training says so. Unknown fields or bad values are an error at registration.
+    """
 
     def deco(f):
         key = name or f.__name__
         if key in _REGISTRY:
             raise PrunetaxError(f"model '{key}' is already registered")
+        frozen = None
+        if recipe is not None:
+            from prunetax.benchmarks.recipes import check_recipe_fields
+            frozen = MappingProxyType(check_recipe_fields(recipe, f"model '{key}'"))
         doc = (f.__doc__ or "").strip().splitlines()
-        _REGISTRY[key] = (f, ModelInfo(key, doc[0] if doc else "", needs))
+        _REGISTRY[key] = (f, ModelInfo(key, doc[0] if doc else "", needs, frozen))
         return f
 
     return deco(fn) if fn is not None else deco
@@ -93,7 +112,7 @@ def _lookup(name: str):
 
 
 def model_info(name: str) -> ModelInfo:
-    """Description and availability of a registered model."""
+    """Description, availability and declared training recipe of a registered model."""
     return _lookup(name)[1]
 
 
@@ -120,9 +139,11 @@ def _check_size(name: str, size: int, minimum: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The authors' networks (PROTOCOL.md, "Networks and baselines")
+# The authors' networks (docs/protocol.md, "The authors' networks and their baselines")
 
-@register_model
+# The clipping bounds every step: at lr 0.05 without it, the first 40 steps can blow up to nan,
+# depending on the CPU's rounding (docs/data.md).
+@register_model(recipe={"epochs": 10, "lr": 0.05, "clip_grad_norm": 5.0})
 def lenet5(in_channels=3, num_classes=10, input_size=32):
     """LeNet-5 (Caffe): conv20 5x5, maxpool 2/2, conv50 5x5, maxpool 2/2, fc500, relu, fc."""
     _check_size("lenet5", input_size, 16)
@@ -139,7 +160,7 @@ def _conv_relu(cin, cout, k, p=0, groups=1):
     return [nn.Conv2d(cin, cout, k, padding=p, groups=groups), nn.ReLU(inplace=True)]
 
 
-@register_model
+@register_model(recipe={"epochs": 20, "lr": 0.05})
 def cifar10_quick(in_channels=3, num_classes=10, input_size=32):
     """Caffe cifar10_quick: 3 x conv 5x5 p2 (32, 32, 64) with ceil-mode pooling, fc64, fc."""
     _check_size("cifar10_quick", input_size, 4)
@@ -170,7 +191,7 @@ def _he_init(model: nn.Module, mode: str) -> list[nn.Module]:
     return layers
 
 
-@register_model
+@register_model(recipe={"epochs": 40, "lr": 0.05})  # the rate: docs/data.md
 def nin(in_channels=3, num_classes=10, input_size=32):
     """Network in Network (Caffe CIFAR): three mlpconv blocks, global average pooling."""
     _check_size("nin", input_size, 4)
@@ -189,7 +210,7 @@ def nin(in_channels=3, num_classes=10, input_size=32):
     return model
 
 
-@register_model
+@register_model(recipe={"epochs": 40, "lr": 5e-4})  # the rate: docs/data.md
 def alexnet_cifar(in_channels=3, num_classes=10, input_size=32):
     """AlexNet for CIFAR (authors' Caffe model): 5 convs, grouped as in Caffe, 3 fully connected."""
     _check_size("alexnet_cifar", input_size, 3)
@@ -266,23 +287,23 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _resnet(name, depth, shortcut):
+def _resnet(name, depth, shortcut, recipe):
     def build(in_channels=3, num_classes=10, input_size=32):
         _check_size(name, input_size, 4)
         return CifarResNet(depth, in_channels, num_classes, shortcut)
 
     kind = "1x1 conv+BN projection" if shortcut == "B" else "zero-padding (option A)"
     build.__doc__ = f"ResNet-{depth} for CIFAR, {kind} shortcuts when the shape changes."
-    register_model(build, name=name)
+    register_model(build, name=name, recipe=recipe)
 
 
-_resnet("resnet20", 20, "B")
-_resnet("resnet56", 56, "B")
-_resnet("resnet20_a", 20, "A")
-_resnet("resnet56_a", 56, "A")
+_resnet("resnet20", 20, "B", {"epochs": 60, "lr": 0.1})
+_resnet("resnet56", 56, "B", {"epochs": 80, "lr": 0.1})
+_resnet("resnet20_a", 20, "A", {"epochs": 60, "lr": 0.1})
+_resnet("resnet56_a", 56, "A", {"epochs": 80, "lr": 0.1})
 
 
-@register_model
+@register_model(recipe={"epochs": 60, "lr": 0.1})
 def vgg16_bn(in_channels=3, num_classes=10, input_size=32):
     """VGG-16 with BatchNorm for CIFAR (as in network slimming / GFBS): 13 convs, one classifier."""
     _check_size("vgg16_bn", input_size, 32)
@@ -314,7 +335,7 @@ class InvertedResidual(nn.Module):
         return x + self.block(x) if self.residual else self.block(x)
 
 
-@register_model
+@register_model(recipe={"epochs": 60, "lr": 0.1, "weight_decay": 4e-5})
 def mobilenetv2(in_channels=3, num_classes=10, input_size=32):
     """MobileNetV2 for CIFAR: stride-1 stem and second stage (as in GFBS), width 1.0."""
     _check_size("mobilenetv2", input_size, 8)
@@ -353,7 +374,7 @@ class _Transition(nn.Module):
         return self.pool(self.conv(self.relu(self.bn(x))))
 
 
-@register_model
+@register_model(recipe={"epochs": 60, "lr": 0.1, "weight_decay": 1e-4})
 def densenet40(in_channels=3, num_classes=10, input_size=32):
     """DenseNet-40 for CIFAR (Huang et al.): growth 12, 3 dense blocks of 12 layers, no bottleneck."""
     _check_size("densenet40", input_size, 4)
@@ -382,7 +403,8 @@ def _torchvision(name, tv_name, doc):
         return model
 
     build.__doc__ = doc
-    register_model(build, name=name, needs="torchvision")
+    # A first setting (never trained here): the values of the default recipe, declared explicitly.
+    register_model(build, name=name, needs="torchvision", recipe={"epochs": 30, "lr": 0.05})
 
 
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:

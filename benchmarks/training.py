@@ -19,7 +19,6 @@ import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,6 +26,8 @@ from torch import nn
 
 from prunetax.benchmarks.data import Dataset, dataset_channels, load_dataset, model_input_spec
 from prunetax.benchmarks.io import atomic_path
+from prunetax.benchmarks.recipes import (  # noqa: F401  (re-exported: the recipe API's old home)
+    _KEYED_WHEN_SET, DEFAULT_RECIPE, FALLBACK_EPOCHS, Recipe, _checked, check_recipe_fields)
 from prunetax.taxonomy.errors import PrunetaxError
 
 try:
@@ -35,60 +36,37 @@ except ImportError:  # not POSIX: no lock, and two workers may both train one en
     fcntl = None
 
 __all__ = ["Recipe", "recipe_for", "train_baseline", "load_baseline", "evaluate", "default_cache_dir",
-           "cache_key", "resolve_device", "DEFAULT_EPOCHS"]
+           "cache_key", "resolve_device", "DEFAULT_RECIPE", "FALLBACK_EPOCHS", "check_recipe_fields"]
 
-# Default epochs per model (docs/data.md); any other model gets FALLBACK_EPOCHS.
-DEFAULT_EPOCHS = {"lenet5": 10, "cifar10_quick": 20, "nin": 40, "alexnet_cifar": 40,
-                  "resnet20": 60, "resnet20_a": 60, "resnet56": 80, "resnet56_a": 80,
-                  "vgg16_bn": 60, "mobilenetv2": 60, "densenet40": 60}
-FALLBACK_EPOCHS = 30
 LOCK_NOTICE_S = 10.0  # a process waiting this long for another's training of the same entry says so
-# Per-model changes to the common recipe (docs/data.md says how the rates of nin and alexnet_cifar were found).
-_OVERRIDES = {"lenet5": {"lr": 0.05}, "cifar10_quick": {"lr": 0.05}, "nin": {"lr": 0.05},
-              "alexnet_cifar": {"lr": 5e-4}, "resnet20": {"lr": 0.1}, "resnet20_a": {"lr": 0.1},
-              "resnet56": {"lr": 0.1}, "resnet56_a": {"lr": 0.1}, "vgg16_bn": {"lr": 0.1},
-              "mobilenetv2": {"lr": 0.1, "weight_decay": 4e-5}, "densenet40": {"lr": 0.1, "weight_decay": 1e-4}}
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides the trained weights besides the model, data set and seed."""
-    epochs: int
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    schedule: str = "cosine"  # per-iteration cosine decay from lr to 0
-    augment: bool = False  # random crop (pad 4) and horizontal flip
-    eval_size: int = 5000  # training images held out as the evaluation split
-    split_seed: int = 0  # seed of that split (the same for every training seed)
-    limit: int | None = None  # train on the first `limit` images of the training split only (tests)
-    pad_to: int | None = 32  # smaller images zero-padded to this size (load_dataset's pad_to; None: never)
 
 
 def recipe_for(model_name: str, dataset_name: str, epochs: int | None = None, **overrides) -> Recipe:
-    """The recipe for ``model_name`` on ``dataset_name``: the common recipe, its per-model
-    changes, then ``overrides``. Crop/flip augmentation is on for colour data, off for grayscale
-    (digits, Fashion-MNIST).
+    """The recipe for ``model_name`` on ``dataset_name``: the Recipe's defaults, then the recipe
+    the model declared at registration (``register_model(..., recipe=...)``; DEFAULT_RECIPE when
+    it declared none), then ``epochs`` (when given) and ``overrides``. Crop/flip augmentation is
+    on for colour data, off for grayscale (digits, Fashion-MNIST), unless the model sets it.
     """
-    if epochs is None:
-        epochs = DEFAULT_EPOCHS.get(model_name, FALLBACK_EPOCHS)
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise PrunetaxError(f"epochs must be a positive integer, got {epochs!r}")
-    fields = {"epochs": epochs, "augment": dataset_channels(dataset_name) == 3,
-              **_OVERRIDES.get(model_name, {}), **overrides}
-    unknown = set(fields) - {f.name for f in dataclasses.fields(Recipe)}
-    if unknown:
-        raise PrunetaxError(f"unknown recipe field(s) {', '.join(sorted(unknown))}; "
-                            f"choose from {', '.join(f.name for f in dataclasses.fields(Recipe))}")
-    recipe = Recipe(**fields)
-    for name in ("limit", "pad_to"):
-        value = getattr(recipe, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise PrunetaxError(f"{name} must be a positive integer or None, got {value!r}")
-    if recipe.schedule not in ("cosine", "constant"):
-        raise PrunetaxError(f"unknown schedule '{recipe.schedule}'; choose one of cosine, constant")
-    return recipe
+    from prunetax.benchmarks.models import model_info
+    declared = model_info(model_name).recipe  # unknown model: one line naming the zoo
+    fields = {"augment": dataset_channels(dataset_name) == 3, **(DEFAULT_RECIPE if declared is None else declared)}
+    fields.setdefault("epochs", FALLBACK_EPOCHS)
+    if epochs is not None:
+        fields["epochs"] = epochs
+    return _checked({**fields, **overrides}, "")
+
+
+def _describe(model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> str:
+    """The one line ``train_baseline`` prints when it trains: which recipe, and whose."""
+    from prunetax.benchmarks.models import model_info
+    whose = ("default recipe: the model declares none" if model_info(model_name).recipe is None
+             else f"recipe of {model_name}")
+    extra = "".join([f", momentum {recipe.momentum:g}", f", weight decay {recipe.weight_decay:g}",
+                     f", batch {recipe.batch_size}", f", {recipe.schedule}", ", crop/flip" if recipe.augment else "",
+                     f", gradient norm clipped at {recipe.clip_grad_norm:g}" if recipe.clip_grad_norm is not None else "",
+                     f", first {recipe.limit} images" if recipe.limit is not None else ""])
+    return (f"{model_name} on {dataset_name}, seed {seed}: training {recipe.epochs} epoch{'s' * (recipe.epochs != 1)} "
+            f"at lr {recipe.lr:g}{extra} ({whose})")
 
 
 def default_cache_dir() -> Path:
@@ -111,10 +89,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def cache_key(model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> str:
-    """sha256 (hex) of the model, data set, seed, recipe and package version."""
-    from prunetax.benchmarks import __version__
+    """sha256 (hex) of the model, data set, seed, recipe and package version. A field added to
+    Recipe later counts only when set (``_KEYED_WHEN_SET``), so older keys stay valid."""
+    from prunetax.benchmarks._version import __version__
+    fields = {k: v for k, v in dataclasses.asdict(recipe).items()
+              if not (k in _KEYED_WHEN_SET and v == _KEYED_WHEN_SET[k])}
     blob = json.dumps({"model": model_name, "dataset": dataset_name, "seed": seed,
-                       "recipe": dataclasses.asdict(recipe), "version": __version__}, sort_keys=True)
+                       "recipe": fields, "version": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -201,6 +182,8 @@ def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: b
                 epoch_loss += loss.detach() * len(idx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if recipe.clip_grad_norm is not None:  # bounds every step, whatever the rounding (docs/data.md)
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
                 opt.step()
                 sched.step()
                 bar.update(1)
@@ -353,6 +336,7 @@ def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root
         data = data.to(dev)
     from prunetax.benchmarks.models import create_model
     in_channels, input_size, num_classes = model_input_spec(data)
+    print(_describe(model_name, name, seed, recipe), file=sys.stderr, flush=True)
     start = time.perf_counter()
     devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _deterministic(dev):
@@ -360,7 +344,7 @@ def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root
         model = create_model(model_name, in_channels, num_classes, input_size).to(dev)
         train_loss = _fit(model, data, recipe, seed, progress, f"{model_name}/{name}/seed{seed}")
     wall = time.perf_counter() - start
-    from prunetax.benchmarks import __version__
+    from prunetax.benchmarks._version import __version__
     info = {
         "model": model_name, "dataset": name, "seed": seed, "recipe": dataclasses.asdict(recipe),
         "key": cache_key(model_name, name, seed, recipe),

@@ -102,6 +102,30 @@ def test_bad_sizes_and_registration():
         unregister_model("_test_tiny")
 
 
+def test_zoo_models_declare_their_recipes():
+    """Every zoo model declares its training recipe where it is registered (read-only)."""
+    for name in CIFAR + TORCHVISION:
+        recipe = model_info(name).recipe
+        assert recipe is not None and recipe["epochs"] >= 1 and recipe["lr"] > 0
+        with pytest.raises(TypeError):
+            recipe["lr"] = 1.0
+    assert dict(model_info("mobilenetv2").recipe) == {"epochs": 60, "lr": 0.1, "weight_decay": 4e-5}
+    assert dict(model_info("alexnet_cifar").recipe) == {"epochs": 40, "lr": 5e-4}
+
+
+@pytest.mark.parametrize("recipe,match", [
+    ({"lr": 0.1, "bogus": 1}, "unknown recipe field.*bogus"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"schedule": "step"}, "unknown schedule"),
+    ([("lr", 0.1)], "dict of Recipe fields"),
+])
+def test_bad_recipe_at_registration(recipe, match):
+    with pytest.raises(PrunetaxError, match=f"model '_test_bad_recipe'.*{match}"):
+        register_model(lambda in_channels, num_classes, input_size: nn.Identity(), name="_test_bad_recipe",
+                       recipe=recipe)
+    assert "_test_bad_recipe" not in list_models()
+
+
 def test_deep_networks_without_batchnorm_keep_the_signal_at_init():
     """He init (docs/data.md): under PyTorch's default the logits of NIN (std across images 1e-5)
     and AlexNet (5e-4) hardly depended on the image, and NIN's class maps were half off."""
