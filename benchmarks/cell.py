@@ -60,6 +60,10 @@ class Protocol:
         drop = self.threshold * (baseline / 100.0 if self.relative else 1.0)
         return baseline - drop
 
+    def test_split(self, x, y):
+        """The test images accuracy is measured on: the first ``test_images`` (0: all of them)."""
+        return (x[: self.test_images], y[: self.test_images]) if self.test_images else (x, y)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

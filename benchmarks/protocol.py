@@ -86,9 +86,7 @@ class _Pruner:
         # network (GPU), or each mask's physically slimmed network (CPU, compute-bound)
         self.batched_eval = (evaluator or ("slim" if device.type == "cpu" else "masked")) == "masked"
         self.eval_x, self.eval_y = data.eval_x, data.eval_y
-        self.test_x, self.test_y = data.test_x, data.test_y
-        if protocol.test_images:
-            self.test_x, self.test_y = self.test_x[: protocol.test_images], self.test_y[: protocol.test_images]
+        self.test_x, self.test_y = protocol.test_split(data.test_x, data.test_y)
         U = structure.num_units
         self.U = U
         self.rows = _ROWS_PER_PASS * (4 if device.type == "cuda" else 1)
@@ -102,8 +100,6 @@ class _Pruner:
         full = torch.ones(1, U, dtype=torch.bool, device=device)
         c = structure.counts(full)[0].tolist()
         self.initial = (c[0], c[3], c[2])                  # conv weights, conv channels, MACs
-        self.max_layer_weights = max(L.out_channels * L.in_channels * L.kernel // L.groups
-                                     for L in structure.layers.values())
 
     # -- counts ---------------------------------------------------------------------------------
     def removable(self, keep: torch.Tensor) -> torch.Tensor:

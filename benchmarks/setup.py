@@ -138,9 +138,7 @@ def prepare_cell(cell: Cell, env: Env | None = None, *, progress: bool = False,
     full = analyze(model, data.test_x[:1])
     masked = MaskedModel(model, full)
     structure = full if p.prune_linear else full.restricted(("conv",))
-    test_x, test_y = data.test_x, data.test_y
-    if p.test_images:
-        test_x, test_y = test_x[: p.test_images], test_y[: p.test_images]
+    test_x, test_y = p.test_split(data.test_x, data.test_y)
     baseline = evaluate(model, test_x, test_y) if accuracy else None
     return CellSetup(cell=cell, env=env, device=dev, recipe=recipe, data=data, model=model, info=dict(info),
                      full_structure=full, structure=structure, masked=masked, test_x=test_x, test_y=test_y,

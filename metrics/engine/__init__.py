@@ -68,6 +68,8 @@ class MetricEvaluator:
         self.sites = Sites(gm, structure, self.keep)
         self.acc = Accumulator(self.sites, self.specs, chunk_bytes)
         self.weight_grad_bytes = weight_grad_bytes
+        # weights of the largest layer: what one image's per-image weight gradients are sized by
+        self._largest = max(L.out_channels * L.in_channels * L.kernel // L.groups for L in structure.layers.values())
         masked.set_keep(self.keep)
 
     @property
@@ -79,8 +81,7 @@ class MetricEvaluator:
         """Images (per trajectory) of one forward/backward pass out of a batch of ``n``."""
         if not (self.needs.weight and self.weight_grad_bytes):
             return n
-        largest = max(L.out_channels * L.in_channels * L.kernel // L.groups for L in self.structure.layers.values())
-        return max(1, min(n, self.weight_grad_bytes // (self.K * largest * _BYTES_PER_WEIGHT_GRAD)))
+        return max(1, min(n, self.weight_grad_bytes // (self.K * self._largest * _BYTES_PER_WEIGHT_GRAD)))
 
     def update(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
         """Add a batch: ``images`` [N, ...] and ``labels`` [N], the same for every trajectory (each
