@@ -1,12 +1,13 @@
-"""Output files that are never half-written: write to a temporary name beside the target, then rename."""
+"""Output files that are never half-written: write to a temporary name beside the target, fsync, then rename."""
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -17,20 +18,75 @@ FORMATS = ("table", "json", "csv", "parquet")
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""
+    """Yield a temporary path in the target's folder; rename it onto ``path`` only on success.
+
+    The temporary file is created here (empty), under a unique name starting with '.' (which
+    Parquet dataset readers skip), with mode 0o666 less the process's umask, as ``open`` would
+    create ``path`` itself: others can read what the user's umask lets them read (mkstemp's 0600
+    hid results and cached baselines from other accounts). The caller writes it by path; on a
+    clean exit it is fsynced (reopened by path, so whatever the caller wrote through any handle
+    is on disk before the rename), renamed onto ``path`` with ``os.replace`` and the folder is
+    fsynced (best effort). On an exception the temporary file is removed and ``path`` untouched.
+    """
     target = Path(path)
     if target.is_dir():
         raise PrunetaxError(f"output path {str(target)!r} is a folder; give a file name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = _create_temporary(target)
     try:
-        yield Path(tmp)
+        yield tmp
+        _fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _fsync_folder(target.parent)
+
+
+def _create_temporary(target: Path) -> Path:
+    """Create an empty file ``.<name>.<random>.tmp`` beside ``target`` (O_EXCL: never someone else's)."""
+    raw = os.fsencode(target.name)  # the suffix must not push the name past the usual limit of 255 bytes
+    stem = raw[:200].decode(errors="ignore") if len(raw) > 200 else target.name
+    for _ in range(100):
+        tmp = target.parent / f".{stem}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise PrunetaxError(f"cannot create a temporary file beside {str(target)!r}: 100 names taken")
+
+
+# fsync errors meaning "this file system does not sync that way", not "your data is lost".
+_NO_SYNC = {errno.EINVAL, errno.EBADF,  # EBADF: Windows will not fsync a read-only handle
+            getattr(errno, "ENOTSUP", errno.EINVAL), getattr(errno, "EOPNOTSUPP", errno.EINVAL)}
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk; a real write error (EIO, ENOSPC) propagates."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except PermissionError:  # the caller made it unreadable to itself: nothing to sync through
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Best effort: make the rename itself durable (not possible on every platform / file system)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_rows(rows: Sequence[dict], fmt: str, out: str | None, columns: Sequence[str]) -> None:
