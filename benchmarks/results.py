@@ -13,6 +13,8 @@ scores file exists.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -27,7 +29,7 @@ from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["SCORE_FIELDS", "TRAJECTORY_FIELDS", "ROW_COLUMNS", "TRAJECTORY_COLUMNS", "SCORES_SCHEMA",
            "TRAJECTORIES_SCHEMA", "score_row", "trajectory_rows", "write_cell_result", "read_scores",
-           "read_trajectories", "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS"]
+           "read_trajectories", "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS", "recipe_hash"]
 
 PARTITIONS = ("network", "dataset")
 _STR, _INT, _FLT, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
@@ -45,6 +47,7 @@ SCORE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (       # one row per metric
     ("steps", _INT), ("crossed", _BOOL), ("final_accuracy", _FLT), ("ran_as", _STR),
     ("schedule", _STR), ("mode", _STR), ("protocol", _STR),
     ("prunetax_version", _STR), ("torch_version", _STR), ("device", _STR), ("wall_seconds", _FLT),
+    ("baseline_digest", _STR), ("recipe_hash", _STR), ("recipe", _STR),  # null in folders written before them
 )
 TRAJECTORY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (  # one row per pruning step of each metric
     ("cell_id", _STR), ("metric_id", _STR), ("network", _STR), ("dataset", _STR), ("seed", _INT),
@@ -65,10 +68,36 @@ _FILE_TRAJ = pa.schema([f for f in TRAJECTORIES_SCHEMA if f.name not in PARTITIO
 _PARTITION_SCHEMA = pa.schema([(p, _STR) for p in PARTITIONS])
 
 
-def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, device, wall: float) -> dict:
+def recipe_hash(recipe) -> str:
+    """First 16 hex of the sha256 of the recipe's sorted JSON (``recipe``: a Recipe or its dict).
+
+    A field added to Recipe later counts only when set (as in ``training.cache_key``), so the
+    hash of a recipe does not change when the Recipe type grows."""
+    from prunetax.benchmarks.recipes import _KEYED_WHEN_SET
+
+    fields = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe)
+    fields = {k: v for k, v in fields.items() if not (k in _KEYED_WHEN_SET and v == _KEYED_WHEN_SET[k])}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _baseline_columns(info: dict | None) -> dict:
+    """``baseline_digest``, ``recipe_hash``, ``recipe`` of a baseline's info (None where unknown)."""
+    info = info or {}
+    recipe = info.get("recipe")
+    if dataclasses.is_dataclass(recipe):
+        recipe = dataclasses.asdict(recipe)
+    return {"baseline_digest": info.get("digest"),
+            "recipe_hash": recipe_hash(recipe) if recipe is not None else None,
+            "recipe": json.dumps(recipe, sort_keys=True) if recipe is not None else None}
+
+
+def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, device, wall: float,
+              info: dict | None = None) -> dict:
     """The scores row of one metric of ``cell``: ``trajectory`` (``protocol.Trajectory``) read at
     ``crossing`` (conv %, channels %, MACs % where accuracy crossed the target, or the final rate),
-    reached at step ``steps``; ``baseline``: the baseline's test accuracy."""
+    reached at step ``steps``; ``baseline``: the baseline's test accuracy; ``info``: the baseline's
+    info (``train_baseline``'s: its ``digest`` and ``recipe`` fill ``baseline_digest``,
+    ``recipe_hash`` and ``recipe``; None leaves them null)."""
     import torch
 
     from prunetax.benchmarks._version import __version__
@@ -95,7 +124,7 @@ def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, dev
            "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
            "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
            "prunetax_version": __version__, "torch_version": torch.__version__,
-           "device": str(device), "wall_seconds": wall}
+           "device": str(device), "wall_seconds": wall, **_baseline_columns(info)}
     return _in_order(row, ROW_COLUMNS)
 
 
@@ -212,14 +241,17 @@ def read_trajectories(root) -> pa.Table:
 
 LEADERBOARD_COLUMNS = ("rank", "metric_id", "kind", "base_input", "pointwise", "reduction", "scaling",
                        "structure", "aggregation", "mean", "std", "pm2sigma", "n_seeds", "n_runs",
-                       "gap_to_oracle", "baseline_accuracy", "threshold", "threshold_mode", "protocol")
+                       "gap_to_oracle", "baseline_accuracy", "threshold", "threshold_mode", "protocol",
+                       "recipe_hash")
 _DESCRIPTIVE = ("kind", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 
 
 def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: int | None = None) -> pa.Table:
     """Metrics ranked by mean % of conv weights removed at the threshold, per group of ``by``.
 
-    Rows are grouped by ``by`` + protocol + metric_id (runs under different protocols never mix).
+    Rows are grouped by ``by`` + recipe_hash + protocol + metric_id: runs of baselines trained
+    with different recipes, or under different protocols, never mix as seeds of one metric (rows
+    written before recipe_hash existed have it null, and group together).
     ``mean`` / ``std`` (sample, 0 for one run) / ``pm2sigma`` (2*std) are over the runs (seeds) of
     a metric; ``gap_to_oracle`` is the mean of the ``oracle`` metric in the same group minus this
     metric's mean (null when no oracle ran). ``top`` keeps the best N of each group.
@@ -239,7 +271,7 @@ def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: in
         unique.setdefault((r["cell_id"], r["metric_id"]), r)
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in unique.values():
-        key = tuple(r[b] for b in by) + (r["protocol"],)
+        key = tuple(r[b] for b in by) + (r["recipe_hash"], r["protocol"])
         groups.setdefault(key, {}).setdefault(r["metric_id"], []).append(r)
     out = []
     for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
@@ -259,7 +291,7 @@ def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: in
                 "baseline_accuracy": float(np.mean([r["baseline_accuracy"] for r in runs
                                                     if r["baseline_accuracy"] is not None] or [np.nan])),
                 "threshold": first["threshold"], "threshold_mode": first["threshold_mode"],
-                "protocol": first["protocol"]})
+                "protocol": first["protocol"], "recipe_hash": first["recipe_hash"]})
         oracle = next((s["mean"] for s in stats if s["metric_id"] == "oracle"), None)
         for s in stats:
             s["gap_to_oracle"] = None if oracle is None or s["mean"] is None else oracle - s["mean"]

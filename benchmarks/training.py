@@ -4,14 +4,18 @@
 there. The cache key is the sha256 of (model, dataset, seed, recipe, ``prunetax.benchmarks.__version__``),
 where the recipe includes how the data is prepared (held-out split, ``limit``, ``pad_to``);
 each entry is a folder ``<cache>/baselines/<model>_<dataset>_seed<seed>_<hash16>/`` holding
-``model.pt`` (the state dict) and ``info.json`` (recipe, accuracies, wall time, device, versions),
-both written atomically. Training is deterministic on CPU for a given seed.
+``model.pt`` (the state dict) and ``info.json`` (recipe, accuracies, wall time, device, versions,
+the sha256 ``digest`` of model.pt), both written atomically. Training is deterministic on CPU for
+a given seed, thread count and torch version (docs/data.md, "What is reproducible"); the key
+covers none of those, so ``info["digest"]`` (of the bytes loaded or written) says which weights a
+result came from.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -56,8 +60,9 @@ def recipe_for(model_name: str, dataset_name: str, epochs: int | None = None, **
     return _checked({**fields, **overrides}, "")
 
 
-def _describe(model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> str:
-    """The one line ``train_baseline`` prints when it trains: which recipe, and whose."""
+def _describe(model_name: str, dataset_name: str, seed: int, recipe: Recipe, device=None, entry=None) -> str:
+    """The one line ``train_baseline`` prints before it trains: which recipe, and whose, on which
+    device (when given), into which cache entry folder (when given)."""
     from prunetax.benchmarks.models import model_info
     whose = ("default recipe: the model declares none" if model_info(model_name).recipe is None
              else f"recipe of {model_name}")
@@ -65,8 +70,26 @@ def _describe(model_name: str, dataset_name: str, seed: int, recipe: Recipe) -> 
                      f", batch {recipe.batch_size}", f", {recipe.schedule}", ", crop/flip" if recipe.augment else "",
                      f", gradient norm clipped at {recipe.clip_grad_norm:g}" if recipe.clip_grad_norm is not None else "",
                      f", first {recipe.limit} images" if recipe.limit is not None else ""])
+    where = "".join([f" on {_device_label(device)}" if device is not None else "",
+                     f"; cache {entry}" if entry is not None else ""])
     return (f"{model_name} on {dataset_name}, seed {seed}: training {recipe.epochs} epoch{'s' * (recipe.epochs != 1)} "
-            f"at lr {recipe.lr:g}{extra} ({whose})")
+            f"at lr {recipe.lr:g}{extra} ({whose}){where}")
+
+
+def _device_label(device) -> str:
+    """``cpu``, or ``cuda:0 (NVIDIA H200)``: the device and, for a GPU, its model."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
+
+
+def _say(line: str) -> None:
+    """Print ``line`` on stderr above any tqdm bar of this process (not onto the bar's line)."""
+    from tqdm import tqdm
+    tqdm.write(line, file=sys.stderr)
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stderr.flush()
 
 
 def default_cache_dir() -> Path:
@@ -150,14 +173,25 @@ def _deterministic(device: torch.device):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool | str):
+    """The training bar over batches: shown when ``enabled`` is True and stderr is a terminal, or
+    ``enabled == "always"`` (asked for, e.g. for a log file followed with ``tail -f``)."""
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False,
-                disable=not (enabled and sys.stderr.isatty()), dynamic_ncols=True)
+    show = enabled == "always" or (enabled is True and _isatty(sys.stderr))
+    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=False, disable=not show,
+                dynamic_ncols=True)
 
 
-def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: bool, desc: str) -> float:
-    """Train ``model`` in place; return the mean training loss of the last epoch (train mode)."""
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or closed
+        return False
+
+
+def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: bool | str, desc: str) -> float:
+    """Train ``model`` in place; return the mean training loss of the last epoch (train mode).
+    The bar (``_progress``) shows the epoch, the loss of every 50th batch, and each epoch's mean."""
     x, y = data.train_x, data.train_y
     if recipe.limit is not None:
         x, y = x[:recipe.limit], y[:recipe.limit]
@@ -173,6 +207,7 @@ def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: b
     model.train()
     with _progress(total, desc, progress) as bar:
         for epoch in range(recipe.epochs):
+            epoch_no = f"{epoch + 1}/{recipe.epochs}"
             perm = torch.randperm(n, generator=gen).to(x.device)
             epoch_loss = torch.zeros((), dtype=torch.float64, device=x.device)
             for i in range(steps_per_epoch):
@@ -192,7 +227,9 @@ def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: b
                     if not math.isfinite(loss_value):
                         raise PrunetaxError(f"{desc}: training diverged (loss {loss_value}) in epoch {epoch + 1}; "
                                             f"lower the learning rate of its recipe")
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.3f}")
+                    bar.set_postfix(epoch=epoch_no, loss=f"{loss_value:.3f}")
+            if not bar.disable:  # one sync per epoch, only when someone watches
+                bar.set_postfix(epoch=epoch_no, loss=f"{epoch_loss.item() / n:.3f}")
     return epoch_loss.item() / n
 
 
@@ -240,14 +277,22 @@ def _check_same_data(info: dict, data: Dataset, entry: Path) -> None:
 
 def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
                   device="auto", cache_dir=None, recipe: Recipe | None = None, limit: int | None = None):
-    """The cached baseline ``(model, info)`` in eval mode on ``device``, or None when not cached."""
+    """The cached baseline ``(model, info)`` in eval mode on ``device``, or None when not cached.
+
+    ``info["digest"]`` is the sha256 (hex) of the model.pt bytes read here. An entry whose
+    info.json records another digest (two unlocked writers interleaved) counts as not cached.
+    """
     recipe, name, _ = _resolve(model_name, dataset, seed, epochs, recipe, limit)
     entry = _entry_dir(cache_dir, model_name, name, seed, recipe)
     try:
         info = json.loads((entry / "info.json").read_text())
-        state = torch.load(entry / "model.pt", map_location="cpu", weights_only=True)
+        blob = (entry / "model.pt").read_bytes()
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError, EOFError):
         return None  # missing or unreadable: not cached
+    digest = hashlib.sha256(blob).hexdigest()
+    if info.get("digest", digest) != digest:
+        return None  # info.json describes other weights than model.pt holds: retrain over both
     if isinstance(dataset, Dataset):
         _check_same_data(info, dataset, entry)
     from prunetax.benchmarks.models import create_model
@@ -257,7 +302,7 @@ def load_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: in
     except RuntimeError:
         return None  # the model's definition changed under the same version: retrain over it
     dev = resolve_device(device)
-    info.update(cached=True, path=str(entry / "model.pt"))
+    info.update(cached=True, path=str(entry / "model.pt"), digest=digest)
     return model.to(dev).eval(), info
 
 
@@ -291,12 +336,12 @@ def _entry_lock(entry: Path, desc: str):
             waited = time.monotonic() - start
             if not told and waited >= LOCK_NOTICE_S:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                print(f"{desc}: waiting for process {holder}, which is training this baseline (lock {path}); "
-                      f"its result will be read from the cache", file=sys.stderr, flush=True)
+                _say(f"{desc}: waiting for process {holder}, which is training this baseline (lock {path}); "
+                     f"its result will be read from the cache")
                 told = True
             time.sleep(0.2)
         if told:
-            print(f"{desc}: waited {time.monotonic() - start:.0f} s for the lock", file=sys.stderr, flush=True)
+            _say(f"{desc}: waited {time.monotonic() - start:.0f} s for the lock")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -305,7 +350,7 @@ def _entry_lock(entry: Path, desc: str):
 
 
 def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: int | None = None,
-                   device="auto", cache_dir=None, data_root=None, progress: bool = True,
+                   device="auto", cache_dir=None, data_root=None, progress: bool | str = True,
                    recipe: Recipe | None = None, limit: int | None = None, download: bool = False):
     """The trained baseline ``(model, info)``: from the cache, else trained, cached and returned.
 
@@ -313,6 +358,11 @@ def train_baseline(model_name: str, dataset: str | Dataset, seed: int, epochs: i
     ``limit`` trains on the first ``limit`` training images only (part of the cache key).
     Processes that ask for the same missing entry at once train it once: the first holds a lock
     file beside the entry, the others wait for it and read its result.
+
+    When it trains, one line on stderr before (model, data set, seed, recipe, device, cache entry)
+    and one after (wall time, test accuracy); in between a bar over the batches with the epoch and
+    the loss when ``progress`` is True and stderr is a terminal, or ``progress="always"``.
+    ``info["digest"]``: the sha256 of model.pt as written (trained) or read (cached).
     """
     cached = load_baseline(model_name, dataset, seed, epochs, device, cache_dir, recipe, limit)
     if cached is not None:
@@ -336,13 +386,14 @@ def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root
         data = data.to(dev)
     from prunetax.benchmarks.models import create_model
     in_channels, input_size, num_classes = model_input_spec(data)
-    print(_describe(model_name, name, seed, recipe), file=sys.stderr, flush=True)
+    desc = f"{model_name}/{name}/seed{seed}"
+    _say(_describe(model_name, name, seed, recipe, dev, entry))
     start = time.perf_counter()
     devices = [dev.index or 0] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), _deterministic(dev):
         torch.manual_seed(seed)
         model = create_model(model_name, in_channels, num_classes, input_size).to(dev)
-        train_loss = _fit(model, data, recipe, seed, progress, f"{model_name}/{name}/seed{seed}")
+        train_loss = _fit(model, data, recipe, seed, progress, desc)
     wall = time.perf_counter() - start
     from prunetax.benchmarks._version import __version__
     info = {
@@ -360,9 +411,14 @@ def _train_and_store(model_name, name, data, seed, recipe, entry, dev, data_root
     }
     entry.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    blob = buffer.getvalue()
+    info["digest"] = hashlib.sha256(blob).hexdigest()  # of the bytes written: this process's own copy
     with atomic_path(entry / "model.pt") as tmp, open(tmp, "wb") as fh:
-        torch.save(state, fh)
+        fh.write(blob)
     with atomic_path(entry / "info.json") as tmp:
         tmp.write_text(json.dumps(info, indent=2))
+    _say(f"trained {desc} in {wall:.1f} s: test accuracy {info['test_accuracy']:.2f} % (cache {entry})")
     info.update(cached=False, path=str(entry / "model.pt"))
     return model.eval(), info

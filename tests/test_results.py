@@ -1,6 +1,7 @@
 """Results datasets and leaderboards, on hand-built CellResults with written numbers."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -12,9 +13,11 @@ import pytest
 
 import prunetax.benchmarks as benchmarks
 from prunetax.benchmarks.cell import SCHEMA_VERSION, Cell, CellResult, Protocol
-from prunetax.benchmarks.results import (ROW_COLUMNS, SCORES_SCHEMA, TRAJECTORIES_SCHEMA, TRAJECTORY_COLUMNS,
-                                         cell_done, cell_path, leaderboard, read_scores, read_trajectories,
-                                         score_row, trajectory_rows, write_cell_result)
+from prunetax.benchmarks.training import recipe_for
+from prunetax.benchmarks.results import (LEADERBOARD_COLUMNS, ROW_COLUMNS, SCORES_SCHEMA, TRAJECTORIES_SCHEMA,
+                                         TRAJECTORY_COLUMNS, cell_done, cell_path, leaderboard, read_scores,
+                                         read_trajectories, recipe_hash, score_row, trajectory_rows,
+                                         write_cell_result)
 from prunetax.taxonomy.errors import PrunetaxError
 
 COMPONENTS = {"weight-value-l1-none": ("weight", "value", "l1", "none", "channel", "per_image"),
@@ -101,7 +104,8 @@ def test_schemas_are_the_published_ones():
               ("dataset", S), ("seed", I), ("threshold", F), ("threshold_mode", S), ("baseline_accuracy", F),
               ("conv_weights_removed_pct", F), ("channels_removed_pct", F), ("macs_removed_pct", F),
               ("steps", I), ("crossed", B), ("final_accuracy", F), ("ran_as", S), ("schedule", S), ("mode", S),
-              ("protocol", S), ("prunetax_version", S), ("torch_version", S), ("device", S), ("wall_seconds", F)]
+              ("protocol", S), ("prunetax_version", S), ("torch_version", S), ("device", S), ("wall_seconds", F),
+              ("baseline_digest", S), ("recipe_hash", S), ("recipe", S)]
     trajectories = [("cell_id", S), ("metric_id", S), ("network", S), ("dataset", S), ("seed", I), ("step", I),
                     ("unit", I), ("conv_weights_removed_pct", F), ("channels_removed_pct", F),
                     ("macs_removed_pct", F), ("accuracy", F)]
@@ -128,14 +132,54 @@ def test_row_builders_by_hand(tmp_path):
     assert (r["conv_weights_removed_pct"], r["channels_removed_pct"], r["macs_removed_pct"]) == (25.0, 12.5, 17.0)
     assert (r["steps"], r["crossed"], r["final_accuracy"], r["device"], r["wall_seconds"]) == (2, True, 80.0, "cpu", 3.5)
     assert json.loads(r["protocol"]) == c.protocol.to_dict() and r["cell_id"] == c.id
-    rr = score_row(c, ref, (0.0, 0.0, 0.0), 0, 90.0, "cpu", 3.5)
+    assert (r["baseline_digest"], r["recipe_hash"], r["recipe"]) == (None, None, None)  # no info given
+    recipe = recipe_for("lenet5", "mnist", 2, limit=256)
+    info = {"recipe": dataclasses.asdict(recipe), "digest": "ab" * 32, "cached": True}  # train_baseline's info
+    rr = score_row(c, ref, (0.0, 0.0, 0.0), 0, 90.0, "cpu", 3.5, info=info)
     assert rr["kind"] == "reference" and rr["base_input"] is None and rr["final_accuracy"] is None
+    assert list(rr) == list(ROW_COLUMNS) and rr["baseline_digest"] == "ab" * 32
+    assert json.loads(rr["recipe"]) == dataclasses.asdict(recipe) and rr["recipe_hash"] == recipe_hash(recipe)
     rows = trajectory_rows(c, named)
     assert [list(x) for x in rows] == [list(TRAJECTORY_COLUMNS)] * 2
     assert [(x["step"], x["unit"], x["conv_weights_removed_pct"], x["accuracy"]) for x in rows] == \
         [(1, 4, 10.0, None), (2, 7, 30.0, 80.0)]               # unit: the step's first; accuracy when measured
     write_cell_result(tmp_path, CellResult(c, [r, rr], rows, 3.5))
     assert read_scores(tmp_path).num_rows == 2 and read_trajectories(tmp_path).num_rows == 2
+    back = {x["metric_id"]: x for x in read_scores(tmp_path).to_pylist()}
+    assert back["random"]["recipe_hash"] == rr["recipe_hash"] and back["filter_l1"]["recipe"] is None
+
+
+def test_recipe_hash_is_short_stable_and_ignores_unset_later_fields():
+    r = recipe_for("cifar10_quick", "mnist", 3)
+    h = recipe_hash(r)
+    assert len(h) == 16 and int(h, 16) >= 0 and h == recipe_hash(dataclasses.asdict(r))
+    assert h == recipe_hash(json.loads(json.dumps(dataclasses.asdict(r))))  # as read back from info.json
+    assert h != recipe_hash(dataclasses.replace(r, epochs=4)) and h != recipe_hash(dataclasses.replace(r, lr=0.01))
+    # clip_grad_norm (added after 0.1.0) counts only when set: recipes from before it hash as they did
+    unset = {k: v for k, v in dataclasses.asdict(r).items() if k != "clip_grad_norm"}
+    assert h == recipe_hash(unset) and h != recipe_hash(dataclasses.replace(r, clip_grad_norm=5.0))
+
+
+def test_scores_written_before_the_baseline_columns_still_read(tmp_path):
+    """A results folder of an older version, without baseline_digest / recipe_hash / recipe: read
+    with nulls there, and its leaderboard still works (those rows group together)."""
+    old = [f for f in SCORES_SCHEMA if f.name not in ("network", "dataset", "baseline_digest", "recipe_hash",
+                                                        "recipe")]
+    assert old[-1].name == "wall_seconds"
+    for seed, rate in ((0, 40.0), (1, 50.0)):
+        c = cell(seed=seed)
+        r = row(c, "random", rate)
+        folder = tmp_path / "scores" / "network=lenet5" / "dataset=mnist"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({f.name: pa.array([r[f.name]], f.type) for f in old}, schema=pa.schema(old)),
+                       folder / f"{c.id}.parquet")
+    scores = read_scores(tmp_path)
+    assert scores.column_names == list(ROW_COLUMNS) and scores.num_rows == 2
+    for name in ("baseline_digest", "recipe_hash", "recipe"):
+        assert scores.column(name).to_pylist() == [None, None] and scores.schema.field(name).type == pa.string()
+    assert sorted(scores.column("conv_weights_removed_pct").to_pylist()) == [40.0, 50.0]
+    (board,) = leaderboard(tmp_path).to_pylist()
+    assert board["n_seeds"] == 2 and board["mean"] == pytest.approx(45.0) and board["recipe_hash"] is None
 
 
 def test_pandas_reads_both_datasets(tmp_path):
@@ -258,6 +302,25 @@ def test_leaderboard_keeps_protocols_apart(tmp_path):
     write_cell_result(tmp_path, result(cell(threshold=2.0), {"random": 30.0}))
     rows = leaderboard(tmp_path).to_pylist()
     assert sorted((r["threshold"], r["mean"]) for r in rows) == [(2.0, 30.0), (5.0, 10.0)]
+
+
+def test_leaderboard_never_pools_two_recipes(tmp_path):
+    """Same network, data set, metric and protocol, baselines of two recipes (2 and 4 epochs): two
+    groups, each ranked on its own seeds, each naming its recipe_hash."""
+    assert LEADERBOARD_COLUMNS[LEADERBOARD_COLUMNS.index("protocol") + 1] == "recipe_hash"
+    hashes = {}
+    for epochs, rates in ((2, (10.0, 20.0)), (4, (50.0, 70.0))):
+        recipe = recipe_for("lenet5", "mnist", epochs)
+        hashes[epochs] = recipe_hash(recipe)
+        for seed, rate in enumerate(rates):
+            c = Cell("lenet5", "mnist", seed, ("random",), Protocol(), epochs=epochs)
+            r = row(c, "random", rate, recipe_hash=hashes[epochs], baseline_digest=f"{epochs}{seed}" * 32,
+                    recipe=json.dumps(dataclasses.asdict(recipe), sort_keys=True))
+            write_cell_result(tmp_path, CellResult(c, [r], traj(c, "random"), 1.0))
+    board = leaderboard(tmp_path)
+    assert board.column_names == ["network", "dataset", *LEADERBOARD_COLUMNS]
+    got = sorted((r["recipe_hash"], r["mean"], r["n_seeds"], r["rank"]) for r in board.to_pylist())
+    assert got == sorted([(hashes[2], 15.0, 2, 1), (hashes[4], 60.0, 2, 1)])
 
 
 def test_leaderboard_errors(tmp_path):

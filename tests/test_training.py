@@ -210,15 +210,15 @@ def test_model_registered_with_a_recipe_trains_with_it(mnist, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert info["recipe"] == {**dataclasses.asdict(declared), "limit": 256} and info["epochs"] == 2
         assert info["key"] == cache_key("_with_recipe", "mnist", 0, dataclasses.replace(declared, limit=256))
-        assert len(err) == 1 and "_with_recipe on mnist, seed 0" in err[0]
+        assert len(err) == 2 and "_with_recipe on mnist, seed 0" in err[0] and err[1].startswith("trained ")
         assert "2 epochs at lr 0.02" in err[0] and "weight decay 0.0001" in err[0] and "batch 64" in err[0]
-        assert "recipe of _with_recipe" in err[0] and "default" not in err[0]
+        assert "recipe of _with_recipe" in err[0] and "default recipe" not in err[0]
 
         _, info = train_baseline("_without_recipe", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path,
                                  progress=False, limit=256)
         err = capsys.readouterr().err.strip().splitlines()
         assert info["recipe"] == {**dataclasses.asdict(default), "epochs": 1, "limit": 256}
-        assert len(err) == 1 and "_without_recipe on mnist" in err[0] and "1 epoch at lr 0.05" in err[0]
+        assert len(err) == 2 and "_without_recipe on mnist" in err[0] and "1 epoch at lr 0.05" in err[0]
         assert "default recipe" in err[0]
 
         _, again = train_baseline("_without_recipe", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path,
@@ -354,6 +354,81 @@ def test_cache_entry_layout_and_info(mnist, tmp_path):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
+def test_digest_is_of_the_model_file_written_and_read(mnist, tmp_path):
+    """info["digest"]: the sha256 of model.pt's bytes, as written (trained) and as read (cached);
+    info.json records it, and an entry whose info.json names other weights counts as not cached."""
+    import hashlib
+    from pathlib import Path
+
+    def get(load=train_baseline, **kw):
+        return load("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=256, **kw)
+
+    _, trained = get(progress=False)
+    on_disk = hashlib.sha256(Path(trained["path"]).read_bytes()).hexdigest()
+    assert trained["digest"] == on_disk and trained["cached"] is False
+    info_json = Path(trained["path"]).with_name("info.json")
+    stored = json.loads(info_json.read_text())
+    assert stored["digest"] == on_disk
+    _, cached = get(progress=False)
+    assert cached["cached"] is True and cached["digest"] == on_disk
+    del stored["digest"]  # an entry written before digests: computed from the bytes read
+    info_json.write_text(json.dumps(stored))
+    assert get(load_baseline)[1]["digest"] == on_disk
+    info_json.write_text(json.dumps({**stored, "digest": "0" * 64}))  # info.json of other weights
+    assert get(load_baseline) is None
+
+
+def test_training_says_what_it_trains_and_where(mnist, tmp_path, capsys):
+    """Without a terminal: one line before (model, data set, seed, epochs, device, recipe, cache
+    entry) and one after (wall time, accuracy, entry), nothing else, even with progress=True;
+    progress="always" adds the bar (epoch and loss), the two lines stay on lines of their own."""
+    import re
+    capsys.readouterr()
+    _, info = train_baseline("lenet5", mnist, 3, epochs=1, device="cpu", cache_dir=tmp_path, progress=True,
+                             limit=256)
+    entry = os.path.dirname(info["path"])
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2 and err.endswith("\n") and "\r" not in err, err
+    assert lines[0].startswith("lenet5 on mnist, seed 3: training 1 epoch at lr ") and " on cpu" in lines[0]
+    assert "momentum 0.9" in lines[0] and "recipe of lenet5" in lines[0] and lines[0].endswith(f"; cache {entry}")
+    assert re.fullmatch(rf"trained lenet5/mnist/seed3 in \d+\.\d s: test accuracy \d+\.\d\d % "
+                        rf"\(cache {re.escape(entry)}\)", lines[1]), lines[1]
+    assert f"{info['test_accuracy']:.2f} %" in lines[1]
+
+    train_baseline("lenet5", mnist, 4, epochs=2, device="cpu", cache_dir=tmp_path, progress="always", limit=256)
+    err = capsys.readouterr().err
+    assert "epoch=1/2" in err and "epoch=2/2" in err and "loss=" in err and "lenet5/mnist/seed4" in err
+    said = [part.split("\r")[-1] for part in err.split("\n") if "seed 4: training" in part or "trained " in part]
+    assert len(said) == 2 and said[0].startswith("lenet5 on mnist, seed 4: training 2 epochs")
+    assert said[1].startswith("trained lenet5/mnist/seed4 in ")
+
+
+def test_lock_notice_is_not_written_onto_a_bar(tmp_path, monkeypatch, capsys):
+    """The waiter's lines go above a bar of its process (tqdm.write), not after the bar's text."""
+    import fcntl
+    import threading
+
+    from tqdm import tqdm
+    monkeypatch.setattr(training, "LOCK_NOTICE_S", 0.1)
+    entry = tmp_path / "baselines" / "x"
+    entry.parent.mkdir(parents=True)
+    fd = os.open(str(entry) + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"4242\n")
+    releaser = threading.Timer(0.6, os.close, (fd,))
+    releaser.start()
+    try:
+        with tqdm(total=10, desc="cells", file=sys.stderr) as bar, training._entry_lock(entry, "net/data/seed0"):
+            bar.update(1)
+    finally:
+        releaser.join()
+    err = capsys.readouterr().err
+    said = [part.split("\r")[-1] for part in err.split("\n") if "net/data/seed0" in part]
+    assert len(said) == 2 and said[0].startswith("net/data/seed0: waiting for process 4242, which is training")
+    assert said[1].startswith("net/data/seed0: waited ")
+
+
 def test_failed_write_leaves_no_temporary_file(mnist, tmp_path, monkeypatch):
     def broken_save(obj, f, *a, **k):
         f.write(b"partial")
@@ -364,6 +439,20 @@ def test_failed_write_leaves_no_temporary_file(mnist, tmp_path, monkeypatch):
         tiny(mnist, tmp_path)
     entries = [e for e in (tmp_path / "baselines").iterdir() if e.is_dir()]
     assert len(entries) == 1 and os.listdir(entries[0]) == []
+    monkeypatch.undo()
+    assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+
+    from pathlib import Path
+
+    def broken_write_text(self, text, *a, **k):  # info.json half-written, after model.pt was
+        with open(self, "w") as fh:
+            fh.write(text[:10])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", broken_write_text)
+    with pytest.raises(OSError):
+        tiny(mnist, tmp_path)
+    assert os.listdir(entries[0]) == ["model.pt"]  # no temporary info.json beside it
     monkeypatch.undo()
     assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
 
