@@ -9,13 +9,20 @@ bracket where accuracy fell below the target. Without retraining the removal seq
 depend on accuracy, so ``fast`` re-evaluates the bracket's masks in one batched pass.
 
 ``Pruning`` is the loop (``while pruning.pending: pruning.step()``), ``Retraining`` the
-characterise/retrain modes' after-step strategy, ``prune`` / ``prune_cell`` the entry points and
+characterise/retrain modes' after-step strategy, ``CellPruning`` every metric of a cell (one
+``Pruning``, or one per metric with retraining), ``prune`` / ``prune_cell`` the entry points and
 ``run_cell`` one whole cell (set-up: ``prunetax.benchmarks.setup``; rows:
-``prunetax.benchmarks.results``). See docs/protocol.md.
+``prunetax.benchmarks.results``; resuming from a state file: ``prunetax.benchmarks.checkpoint``).
+Each of the loop's classes has ``state_dict`` / ``load_state_dict``: a run stopped after any step
+continues from its state exactly. See docs/protocol.md.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import math
+import sys
 import time
 
 import torch
@@ -44,6 +51,23 @@ class Trajectory:
         self.done = False
         self.crossed = False
         self.order: torch.Tensor | None = None    # one-shot: each unit's rank on the baseline
+
+    def state_dict(self) -> dict:
+        """Its progress (copies of the lists, which the run goes on extending; ``order`` is
+        never changed in place, so it is shared)."""
+        return {"ran_as": self.ran_as, "removed": list(self.removed), "step_end": list(self.step_end),
+                "rates": list(self.rates), "accuracy": dict(self.accuracy), "done": self.done,
+                "crossed": self.crossed, "order": self.order}
+
+    def load_state_dict(self, state: dict, device="cpu") -> None:
+        """Continue from ``state`` (:meth:`state_dict` of the same metric); ``order`` goes to ``device``."""
+        if state["ran_as"] != self.ran_as:
+            raise PrunetaxError(f"the saved trajectory is of {state['ran_as']!r}, not {self.ran_as!r}")
+        self.removed, self.step_end = [int(u) for u in state["removed"]], [int(e) for e in state["step_end"]]
+        self.rates = [tuple(r) for r in state["rates"]]
+        self.accuracy = dict(state["accuracy"])
+        self.done, self.crossed = bool(state["done"]), bool(state["crossed"])
+        self.order = None if state["order"] is None else state["order"].to(device, copy=True)
 
 
 def _metric_key(m) -> tuple:
@@ -229,7 +253,8 @@ class Pruning:
 
     ``after_step(keep_row)`` (a strategy: the retraining modes pass a :class:`Retraining`) runs
     on each pending trajectory's mask after its removals, before its rates and accuracy are read.
-    ``progress(step, pending, K)`` is called after every step.
+    ``progress(step, pending, K)`` is called after every step. ``last_accuracies``: the test
+    accuracies of the latest evaluation (what a progress bar shows).
     """
 
     def __init__(self, pruner: _Pruner, metrics_texts, baseline_accuracy: float, progress=None,
@@ -249,7 +274,31 @@ class Pruning:
             t.accuracy[0] = baseline_accuracy
         self.step_no = 0
         self.pending = list(range(len(self.active)))                 # indices into ``active``
+        self.last_accuracies = [baseline_accuracy]
         self.progress, self.after_step = progress, after_step
+
+    def state_dict(self) -> dict:
+        """The loop after its last step: the step, the masks, the pending trajectories, each
+        trajectory's progress and the generator (random and the oracle's candidates). Copies:
+        the loop goes on. Everything else is fixed by the network, metrics and protocol, or, like
+        the saliency images, drawn from (seed, step)."""
+        return {"step": self.step_no, "keep": self.keep.clone(), "pending": list(self.pending),
+                "gen": self.gen.get_state(), "last_accuracies": self.last_accuracies,
+                "trajectories": [t.state_dict() for t in self.active]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (:meth:`state_dict` of a Pruning of the same network, metrics
+        and protocol): the following steps are those the saved run would have taken."""
+        saved = [t["ran_as"] for t in state["trajectories"]]
+        if saved != [t.ran_as for t in self.active] or tuple(state["keep"].shape) != tuple(self.keep.shape):
+            raise PrunetaxError("the saved pruning state is of other metrics or another network")
+        for t, s in zip(self.active, state["trajectories"]):
+            t.load_state_dict(s, self.pr.device)
+        self.step_no = int(state["step"])
+        self.keep = state["keep"].to(self.pr.device, torch.bool, copy=True)
+        self.pending = [int(k) for k in state["pending"]]
+        self.gen.set_state(state["gen"])
+        self.last_accuracies = list(state["last_accuracies"])
 
     def run(self) -> list[Trajectory]:
         """Step until no trajectory is pending; the trajectories of every metric asked for."""
@@ -336,7 +385,8 @@ class Pruning:
         exhausted = {k for k, more in zip(pending, left) if not more}
         due = [k for k in pending if step % self.stride == 0 or k in exhausted]
         if due:
-            for k, a in zip(due, pr.accuracy(self.keep[due])):
+            self.last_accuracies = pr.accuracy(self.keep[due])
+            for k, a in zip(due, self.last_accuracies):
                 active[k].accuracy[step] = a
         for k in list(pending):
             t = active[k]
@@ -371,8 +421,6 @@ class Retraining:
     """
 
     def __init__(self, model, masked, data, protocol: Protocol, seed: int, index: int, target: float):
-        import copy
-
         from prunetax.metrics import MaskedModel
 
         self.net = copy.deepcopy(model)
@@ -400,6 +448,123 @@ class Retraining:
                 if 100.0 * (logits.argmax(1) == data.train_y[idx]).float().mean() >= self.target:
                     break
 
+    def state_dict(self) -> dict:
+        """The network's weights, the optimizer's momentum and the batch generator (copies)."""
+        return {"net": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
+                "opt": copy.deepcopy(self.opt.state_dict()), "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (:meth:`state_dict` of the same metric's Retraining)."""
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.gen.set_state(state["gen"])
+
+
+class CellPruning:
+    """Every metric of a cell pruning its network, one step at a time.
+
+    Mode ``none``: one :class:`Pruning` of all metrics at once. ``characterise`` / ``retrain``:
+    one :class:`Pruning` per metric (in order), each on its own copy of the network with a
+    :class:`Retraining` hook and the ``exact`` schedule; the next metric starts when a step
+    finishes the current one. ``pruning`` is the current loop, ``index`` its metric group
+    (always 0 in mode ``none``).
+
+        run = CellPruning(...)                    # or CellPruning.of(setup)
+        while run.pending:
+            run.step()
+        trajectories = run.results()              # or: CellPruning(...).run()
+
+    :meth:`state_dict` after any step, loaded into a fresh CellPruning of the same cell,
+    continues the run exactly (``prunetax.benchmarks.checkpoint`` keeps it in a file).
+    """
+
+    def __init__(self, model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
+                 baseline_accuracy: float, progress=None, evaluator=None):
+        self.retraining = protocol.mode != "none"
+        if self.retraining and not hasattr(data, "train_x"):
+            raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")
+        self.model, self.structure, self.masked, self.data, self.seed = model, structure, masked, data, seed
+        self.device, self.baseline, self.progress, self.evaluator = device, baseline_accuracy, progress, evaluator
+        self.p = dataclasses.replace(protocol, schedule="exact") if self.retraining else protocol
+        self.groups = [[text] for text in metrics_texts] if self.retraining else [list(metrics_texts)]
+        if not self.groups:
+            raise PrunetaxError("the cell has no metrics")
+        self.completed: list[Trajectory] = []       # the finished groups' trajectories
+        self._completed_state: list[dict] = []      # and their states (they no longer change)
+        self._start(0)
+
+    @classmethod
+    def of(cls, setup, progress=None, evaluator=None) -> "CellPruning":
+        """The pruning of a prepared cell (``prunetax.benchmarks.setup.prepare_cell``): its metrics
+        and protocol, on its network, data, seed, device and baseline accuracy."""
+        c = setup.cell
+        return cls(setup.model, setup.structure, setup.masked, setup.data, c.metrics, c.protocol, c.seed,
+                   setup.device, setup.baseline_accuracy, progress, evaluator)
+
+    def _start(self, index: int) -> None:
+        """Set up group ``index``'s loop (with retraining: on a fresh copy of the network)."""
+        self.index = index
+        if self.retraining:
+            self.hook = Retraining(self.model, self.masked, self.data, self.p, self.seed, index,
+                                   self.p.target(self.baseline))
+            pr = _Pruner(self.hook.net.eval(), self.structure, self.hook.masked, self.data, self.p, self.seed,
+                         self.device, self.evaluator)
+        else:
+            self.hook = None
+            pr = _Pruner(self.model, self.structure, self.masked, self.data, self.p, self.seed, self.device,
+                         self.evaluator)
+        self.pruning = Pruning(pr, self.groups[index], self.baseline, self.progress, after_step=self.hook)
+
+    @property
+    def pending(self) -> bool:
+        """Whether a step is left to take."""
+        return bool(self.pruning.pending)
+
+    def step(self) -> None:
+        """One step of the current loop; when that finishes its group, the next group starts."""
+        self.pruning.step()
+        if not self.pruning.pending and self.index + 1 < len(self.groups):
+            finished = self.pruning.results()
+            self.completed += finished
+            self._completed_state += [t.state_dict() for t in finished]
+            self._start(self.index + 1)
+
+    def run(self) -> list[Trajectory]:
+        """Step until done; the trajectories of every metric asked for."""
+        while self.pending:
+            self.step()
+        return self.results()
+
+    def results(self) -> list[Trajectory]:
+        """One trajectory per metric asked for, in order."""
+        return self.completed + self.pruning.results()
+
+    def state_dict(self) -> dict:
+        """The run after its last step: the finished groups' trajectories, the current group's
+        index and its :class:`Pruning` and :class:`Retraining` states (None before its first step)."""
+        fresh = self.pruning.step_no == 0
+        return {"index": self.index, "completed": list(self._completed_state),
+                "pruning": None if fresh else self.pruning.state_dict(),
+                "retraining": None if fresh or self.hook is None else self.hook.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (:meth:`state_dict` of the same cell's run). A state that does
+        not fit raises PrunetaxError; the object may then be half-loaded: build a fresh one."""
+        index = int(state["index"])
+        if not 0 <= index < len(self.groups):
+            raise PrunetaxError(f"the saved run is at metric group {index} of {len(self.groups)}")
+        completed = [t for g in self.groups[:index] for t in resolve_metrics(g, self.structure)]
+        if len(completed) != len(state["completed"]):
+            raise PrunetaxError("the saved run finished other metrics")
+        for t, s in zip(completed, state["completed"]):
+            t.load_state_dict(s, self.device)
+        self.completed, self._completed_state = completed, list(state["completed"])
+        self._start(index)
+        if state["pruning"] is not None:
+            self.pruning.load_state_dict(state["pruning"])
+            if self.hook is not None:
+                self.hook.load_state_dict(state["retraining"])
+
 
 def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
           baseline_accuracy: float, progress=None, evaluator=None) -> list[Trajectory]:
@@ -410,30 +575,17 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
     :class:`Retraining` hook and the ``exact`` schedule.
     ``evaluator``: ``"masked"`` (K masks per batched pass; the default on GPU), ``"slim"`` (each
     mask's slimmed network; the default on CPU) or None. Both give the same accuracies.
-    :func:`prune_cell` runs it on a :class:`~prunetax.benchmarks.setup.CellSetup`.
+    :func:`prune_cell` runs it on a :class:`~prunetax.benchmarks.setup.CellSetup`; both are
+    :meth:`CellPruning.run`.
     """
-    if protocol.mode == "none":
-        pr = _Pruner(model, structure, masked, data, protocol, seed, device, evaluator)
-        return Pruning(pr, metrics_texts, baseline_accuracy, progress).run()
-    if not hasattr(data, "train_x"):
-        raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")
-    import dataclasses
-
-    p = dataclasses.replace(protocol, schedule="exact")
-    out = []
-    for i, text in enumerate(metrics_texts):
-        hook = Retraining(model, masked, data, p, seed, i, p.target(baseline_accuracy))
-        pr = _Pruner(hook.net.eval(), structure, hook.masked, data, p, seed, device, evaluator)
-        out += Pruning(pr, [text], baseline_accuracy, progress, after_step=hook).run()
-    return out
+    return CellPruning(model, structure, masked, data, metrics_texts, protocol, seed, device, baseline_accuracy,
+                       progress, evaluator).run()
 
 
 def prune_cell(setup, progress=None, evaluator=None) -> list[Trajectory]:
     """:func:`prune` on a prepared cell (``prunetax.benchmarks.setup.prepare_cell``): its metrics
     and protocol, on its network, data, seed, device and baseline accuracy."""
-    c = setup.cell
-    return prune(setup.model, setup.structure, setup.masked, setup.data, c.metrics, c.protocol, c.seed,
-                 setup.device, setup.baseline_accuracy, progress, evaluator)
+    return CellPruning.of(setup, progress, evaluator).run()
 
 
 def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float) -> None:
@@ -471,11 +623,22 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
 
 
 def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache_dir=None,
-             data_root=None) -> CellResult:
+             data_root=None, checkpoint=None, checkpoint_every: float = 300.0) -> CellResult:
     """Train or fetch the cell's baseline, prune it with every metric, score the crossings.
 
     ``env``: a :class:`prunetax.benchmarks.setup.Env` (None: the defaults); the keywords
     ``device``, ``cache_dir`` and ``data_root`` set its fields too (the older signature).
+    ``progress``: the baseline's training bar, then a bar over the pruning steps (trajectories
+    still running, the accuracies of the latest evaluation).
+
+    ``checkpoint``: the path of the cell's state file (None: none; ``prunetax.benchmarks.checkpoint``).
+    A state of this cell on this baseline found there is resumed (one line on stderr says from
+    which step); the state after the last completed step is written there every
+    ``checkpoint_every`` seconds (0: after every step) and at once on SIGTERM or SIGINT, after
+    which the signal ends the run as it would have. The file stays when the cell completes: the
+    caller removes it (``checkpoint.remove_state``) once the results are written. The rows equal
+    an uninterrupted run's except ``wall_seconds`` (the runs' time up to the saved step plus
+    this run's). See docs/protocol.md, "Resuming a cell".
     """
     from prunetax.benchmarks.results import score_row, trajectory_rows
     from prunetax.benchmarks.setup import Env, prepare_cell
@@ -483,18 +646,47 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
     start = time.perf_counter()
     setup = prepare_cell(cell, Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root),
                          progress=progress)
+    run = CellPruning.of(setup)
+    saver, before = None, 0.0              # before: the earlier runs' seconds up to the saved state
+    if checkpoint is not None:
+        from prunetax.benchmarks.checkpoint import CellCheckpoint, baseline_digest
+
+        saver = CellCheckpoint(checkpoint, cell.id, baseline_digest(setup), checkpoint_every)
+        state = saver.load()
+        if state is not None:
+            try:
+                run.load_state_dict(state["run"])
+                before, saved = float(state["elapsed"]), time.localtime(state["saved_at"])
+            except (PrunetaxError, LookupError, TypeError, ValueError, RuntimeError) as exc:
+                saver.ignore(f"it does not fit this run: {exc}")
+                run, before = CellPruning.of(setup), 0.0
+            else:
+                of = f" of metric {run.index + 1}/{len(run.groups)}" if run.retraining else ""
+                print(f"resuming {cell.id} from step {run.pruning.step_no}{of} "
+                      f"(saved {time.strftime('%Y-%m-%d %H:%M:%S', saved)})", file=sys.stderr, flush=True)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(desc=f"{cell.network}/{cell.dataset}/s{cell.seed}", unit="step", leave=False)
 
-    def tick(step, pending, K):
-        bar.update(1)
-        bar.set_postfix_str(f"{K - pending}/{K} metrics crossed")
-    trajs = prune_cell(setup, tick if bar is not None else None)
-    if bar is not None:
-        bar.close()
-    wall = time.perf_counter() - start
+        bar = tqdm(desc=f"{cell.network}/{cell.dataset}/s{cell.seed}", unit="step", leave=False,
+                   initial=run.pruning.step_no)
+        _show(bar, run)
+        if saver is not None:
+            saver.log = lambda line: tqdm.write(line, file=sys.stderr)
+    try:
+        with saver.saving_on_signals() if saver is not None else contextlib.nullcontext():
+            while run.pending:
+                run.step()
+                if saver is not None:
+                    saver.step_done(run.state_dict(), step=run.pruning.step_no, metric=run.index,
+                                    elapsed=before + time.perf_counter() - start)
+                if bar is not None:
+                    _show(bar, run)
+    finally:
+        if bar is not None:
+            bar.close()
+    trajs = run.results()
+    wall = before + time.perf_counter() - start
     baseline = setup.baseline_accuracy
     target = cell.protocol.target(baseline)
     rows, traj_rows = [], []
@@ -502,6 +694,19 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
         crossing, cstep = _crossing(t, target)
         if crossing is None:       # never fell below the target: report the final rate
             crossing, cstep = t.rates[-1], len(t.rates) - 1
-        rows.append(score_row(cell, t, crossing, cstep, baseline, setup.device, wall))
+        rows.append(score_row(cell, t, crossing, cstep, baseline, setup.device, wall, info=setup.info))
         traj_rows += trajectory_rows(cell, t)
     return CellResult(cell, rows, traj_rows, wall)
+
+
+def _show(bar, run: CellPruning) -> None:
+    """``bar`` at the current loop's step: its trajectories still running and the range of the
+    accuracies of its latest evaluation (with retraining, which metric runs)."""
+    pr = run.pruning
+    if pr.step_no < bar.n:                 # the next metric's loop has started
+        bar.reset()
+    bar.update(pr.step_no - bar.n)
+    accs = pr.last_accuracies
+    metric = f"metric {run.index + 1}/{len(run.groups)}, " if run.retraining else ""
+    bar.set_postfix_str(f"{metric}{len(pr.pending)}/{len(pr.active)} running, "
+                        f"acc {min(accs):.1f}-{max(accs):.1f} %")
