@@ -27,7 +27,7 @@ import torch
 from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = [
-    "Dataset", "RawData", "DataError", "load_dataset", "list_datasets", "register_dataset",
+    "Dataset", "RawData", "DataError", "load_dataset", "load_raw", "list_datasets", "register_dataset",
     "model_input_spec", "dataset_channels", "pad_images", "read_idx", "read_cifar_batch", "default_data_root",
 ]
 
@@ -353,6 +353,17 @@ def _channel_stats(u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(means), torch.stack(stds)
 
 
+def load_raw(name: str, root: str | os.PathLike | None = None, download: bool = False) -> RawData:
+    """Data set ``name``'s images and labels as read from its files (uint8, unsplit, unpadded);
+    a missing or malformed file is a one-line DataError naming it and what would fix it."""
+    if not isinstance(name, str) or not name:
+        raise DataError(f"data set name must be a non-empty string, got {name!r}")
+    dataset_channels(name)  # the one-line error for an unknown name
+    if name.startswith("imagefolder:"):
+        return _imagefolder(Path(name.split(":", 1)[1]).expanduser())
+    return _LOADERS[name](Path(root).expanduser() if root is not None else None, download)
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, eval_size: int = 5000, seed: int = 0,
                  device="cpu", download: bool = False, pad_to: int | None = 32) -> Dataset:
     """Load data set ``name`` as normalised tensors on ``device``.
@@ -360,14 +371,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, eval_size: in
     ``eval_size`` training images, chosen by ``seed``, form the evaluation split (saliency
     batches); the rest is the training split. ``pad_to`` zero-pads smaller images (None: never).
     """
-    if not isinstance(name, str) or not name:
-        raise DataError(f"data set name must be a non-empty string, got {name!r}")
-    root_path = Path(root).expanduser() if root is not None else None
-    dataset_channels(name)  # the one-line error for an unknown name
-    if name.startswith("imagefolder:"):
-        raw = _imagefolder(Path(name.split(":", 1)[1]).expanduser())
-    else:
-        raw = _LOADERS[name](root_path, download)
+    raw = load_raw(name, root, download)
     n = len(raw.train_y)
     if not isinstance(eval_size, int) or not 0 <= eval_size < n:
         raise DataError(f"eval_size must be an integer in [0, {n}) for {name} ({n} training images), got {eval_size!r}")

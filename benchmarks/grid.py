@@ -1,35 +1,61 @@
-"""The grid runner: cells from flags or a TOML file, validated up front, run through joblib.
+"""The grid runner: cells from flags or a TOML file, validated up front, run on a backend.
 
 A grid is networks x datasets x seeds, each cell holding every metric of the grid (the harness
-batches metrics within a cell) and one protocol. ``run_grid`` skips cells whose scores file
-exists (resume), trains each distinct baseline once before fanning out, and writes each cell's
-files as it completes (``prunetax.benchmarks.results``). Backends: ``loky`` (one machine), ``dask``
-(``pip install prunetax[dask]``; joins a dask.distributed scheduler) and ``ray``
-(``pip install prunetax[ray]``).
+batches metrics within a cell) and one protocol. ``run_grid`` checks everything it can before
+any work starts (``preflight``: backend, jobs, writable results and cache roots; then
+``validate_cells``: networks, data, metrics on each network), skips cells whose scores file
+exists (resume), trains each distinct baseline once on the client before fanning out, and
+writes each cell's files as it completes (``prunetax.benchmarks.results``). A running cell saves
+its state under ``RESULTS/state/`` (``prunetax.benchmarks.checkpoint``), so a killed cell
+resumes from its last saved step.
+
+Backends: ``loky`` (one machine, through joblib), ``dask`` (``pip install prunetax[dask]``: a
+local cluster of worker processes, or ``scheduler=`` a dask.distributed scheduler's address;
+dask futures) and ``ray`` (``pip install prunetax[ray]``: local, or ``scheduler=`` a ray
+address; ray tasks). Paths are resolved on the client and sent as absolute paths; stopping the
+client cancels the grid's tasks.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
 from prunetax.benchmarks.setup import Env
 from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["GRID_KEYS", "BACKENDS", "load_grid_file", "grid_cells", "expand_metrics", "validate_cells",
-           "run", "run_grid", "GridSummary", "Env"]
+           "preflight", "writable_folder", "state_path", "run", "run_grid", "GridSummary", "Env"]
 
 GRID_KEYS = ("networks", "datasets", "seeds", "metrics", "metric_filter", "epochs", "train_limit", "protocol")
 BACKENDS = ("loky", "dask", "ray")
-_EXTRA = {"dask": ("dask.distributed", "dask"), "ray": ("ray.util.joblib", "ray")}
+_EXTRA = {"dask": ("dask.distributed", "dask"), "ray": ("ray", "ray")}
+SCHEDULER_TIMEOUT_S = 10.0      # how long a --scheduler address may take to answer
+CHECKPOINT_EVERY_S = 300.0      # a running cell saves its state at most this often (and on SIGTERM/SIGINT)
+
+
+def _toml():
+    """``tomllib`` (Python 3.11+) or its backport ``tomli`` (a dependency on 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise PrunetaxError("reading a grid file on Python 3.10 needs tomli; pip install tomli") from None
+    return tomllib
 
 
 def load_grid_file(path) -> dict:
     """The TOML grid at ``path`` as a dict; a syntax error names the file, line and problem."""
-    import tomllib
+    tomllib = _toml()
 
     p = Path(path)
     try:
@@ -100,8 +126,11 @@ def expand_metrics(items: Iterable[str], metric_filter: str | None = None) -> tu
     return tuple(dict.fromkeys(out))
 
 
-def grid_cells(config: dict, source: str = "grid") -> list[Cell]:
-    """Validated cells of a grid config (the TOML keys, see ``GRID_KEYS``). Raises PrunetaxError."""
+def grid_cells(config: dict, source: str = "grid", *, validate: bool = True, data_root=None) -> list[Cell]:
+    """The cells of a grid config (the TOML keys, see ``GRID_KEYS``). Raises PrunetaxError.
+
+    The config's own checks need no torch; ``validate`` then runs :func:`validate_cells`
+    (networks, data under ``data_root``, metrics on each network), which does."""
     unknown = sorted(set(config) - set(GRID_KEYS))
     if unknown:
         raise PrunetaxError(f"{source}: unknown key {unknown[0]!r}; valid keys are {', '.join(GRID_KEYS)}")
@@ -132,43 +161,111 @@ def grid_cells(config: dict, source: str = "grid") -> list[Cell]:
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise PrunetaxError(f"{source}: {name} must be a positive integer, got {v!r}")
     cells = [Cell(n, d, s, metrics, protocol, epochs, limit) for n in networks for d in datasets for s in seeds]
-    validate_cells(cells)
+    if validate:
+        validate_cells(cells, data_root=data_root)
     return cells
 
 
-def validate_cells(cells: Sequence[Cell]) -> None:
-    """Check networks, data sets, recipes and each network's structure before anything runs."""
+def validate_cells(cells: Sequence[Cell], data_root=None) -> None:
+    """Check, before anything trains: each data set is present and readable (under ``data_root``
+    or its default place), each network is known, available, has a recipe and can be analysed on
+    that data's images, and every metric of the cell can be computed on it (BatchNorm metrics
+    need a BatchNorm after every pruned producer). One-line PrunetaxError otherwise."""
     import torch
 
-    from prunetax.benchmarks.data import dataset_channels
+    from prunetax.benchmarks.data import load_raw
     from prunetax.benchmarks.models import create_model, model_info
     from prunetax.benchmarks.training import recipe_for
-    from prunetax.metrics import analyze
+    from prunetax.metrics import analyze, check_metrics
 
-    checked = set()
+    raws, analysed, checked = {}, {}, set()
     for cell in cells:
-        key = (cell.network, cell.dataset, cell.epochs)
-        if key in checked:
-            continue
-        checked.add(key)
         info = model_info(cell.network)  # unknown model: one line naming the zoo
         if not info.available:
             raise PrunetaxError(f"model '{cell.network}' is unavailable: {info.reason}")
-        channels = dataset_channels(cell.dataset)  # unknown data set: one line listing them
-        recipe_for(cell.network, cell.dataset, cell.epochs)
-        if cell.dataset.startswith("imagefolder:"):
-            continue  # image size unknown until loaded; the cell itself reports structure problems
-        model = create_model(cell.network, channels, 10, 32).eval()
+        if cell.dataset not in raws:      # unknown data set, missing or malformed files: one line
+            raws[cell.dataset] = load_raw(cell.dataset, data_root)
+        raw = raws[cell.dataset]
+        recipe = recipe_for(cell.network, cell.dataset, cell.epochs)
+        channels, size = int(raw.train_x.shape[1]), int(raw.train_x.shape[2])
+        size = max(size, recipe.pad_to or 0)
+        key = (cell.network, channels, raw.num_classes, size)
+        if key not in analysed:
+            model = create_model(cell.network, channels, raw.num_classes, size).eval()
+            try:
+                analysed[key] = analyze(model, torch.zeros(1, channels, size, size))
+            except PrunetaxError as exc:
+                raise PrunetaxError(f"network '{cell.network}' cannot be pruned: {exc}") from None
+        metrics = tuple(m for m in cell.metrics if m not in REFERENCES)
+        if metrics and (key, cell.protocol.prune_linear, metrics) not in checked:
+            checked.add((key, cell.protocol.prune_linear, metrics))
+            full = analysed[key]
+            try:
+                check_metrics(full if cell.protocol.prune_linear else full.restricted(("conv",)), metrics)
+            except PrunetaxError as exc:
+                raise PrunetaxError(f"network '{cell.network}': {exc}") from None
+
+
+def writable_folder(path, what: str) -> Path:
+    """``path`` made absolute, after checking that it is, or can be made, a folder this process
+    can write: the nearest existing folder on its path is probed by creating and removing a file.
+    Creates nothing that stays. One-line PrunetaxError naming the path otherwise."""
+    target = Path(path).expanduser().absolute()
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        if probe == target:
+            raise PrunetaxError(f"{what} {str(target)!r} is a file; give a folder")
+        raise PrunetaxError(f"{what} {str(target)!r} lies below the regular file {str(probe)!r}; give a folder path")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".prunetax-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise PrunetaxError(f"{what} {str(target)!r} cannot be written ({exc.strerror} in {str(probe)!r}); "
+                            f"give a folder you can write") from None
+    return target
+
+
+def preflight(results, backend: str = "loky", n_jobs: int = 1, scheduler: str | None = None,
+              env: Env | None = None) -> tuple[Path, Env]:
+    """The checks that need no torch, before any work: the backend and its extra, ``n_jobs``, a
+    scheduler given only where one is meant, and writable results and cache roots. Returns the
+    results root and ``env`` with every path absolute (what crosses to a worker is never relative
+    to its working folder); the cache root is the client's (``$PRUNETAX_CACHE`` or the default)
+    when ``env`` names none."""
+    if backend not in BACKENDS:
+        raise PrunetaxError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
+        raise PrunetaxError(f"n_jobs must be a positive integer or -1 (all cores or cluster slots), got {n_jobs!r}")
+    if backend == "loky" and scheduler:
+        raise PrunetaxError("--scheduler needs --backend dask or ray")
+    if backend in _EXTRA:
+        module, extra = _EXTRA[backend]
         try:
-            analyze(model, torch.zeros(1, channels, 32, 32))
-        except PrunetaxError as exc:
-            raise PrunetaxError(f"network '{cell.network}' cannot be pruned: {exc}") from None
+            __import__(module)
+        except ImportError:
+            raise PrunetaxError(f"backend '{backend}' needs {extra}; pip install prunetax[{extra}]") from None
+    env = Env.of(env)
+    root = writable_folder(results, "results folder")
+    cache = writable_folder(env.cache, "cache folder")
+    data = str(Path(env.data_root).expanduser().absolute()) if env.data_root is not None else None
+    return root, dataclasses.replace(env, cache_dir=str(cache), data_root=data)
 
 
-def _run_cell(cell: Cell, env: Env, progress: bool = False) -> CellResult:
+def state_path(results, cell: Cell) -> Path:
+    """Where ``cell``'s running state is saved under the results root (removed once its results
+    are written; the scores and trajectories readers never look in ``state/``)."""
+    from prunetax.benchmarks.results import cell_path
+
+    return Path(results) / "state" / cell_path(results, cell).with_suffix(".state").name
+
+
+def _run_cell(cell: Cell, env: Env, progress: bool = False, **kw) -> CellResult:
     from prunetax.benchmarks.protocol import run_cell
 
-    return run_cell(cell, env, progress=progress)
+    return run_cell(cell, env, progress=progress, **kw)
 
 
 def run(cell: Cell, results=None, device=None, cache_dir=None, data_root=None, progress=False,
@@ -186,15 +283,25 @@ def run(cell: Cell, results=None, device=None, cache_dir=None, data_root=None, p
     return result
 
 
-def _job(cell: Cell, results: str, env: Env, runner=None) -> tuple[str, float]:
-    """What a worker runs: one cell, written on completion (skipped if another worker finished it)."""
+def _job(cell: Cell, results: str, env: Env, runner=None, threads: int | None = None,
+         checkpoint_every: float = CHECKPOINT_EVERY_S, progress: bool = False) -> tuple[str, float]:
+    """What a worker runs: one cell, resumed from its saved state if there is one, written on
+    completion (skipped if another worker finished it), then its state removed. ``threads``:
+    torch's intra-op threads for the cell (None: the worker's default)."""
     from prunetax.benchmarks.results import cell_done, write_cell_result
 
     if cell_done(results, cell):
         return cell.id, 0.0
+    if threads is not None:
+        import torch
+        torch.set_num_threads(threads)
     start = time.perf_counter()
-    result = (runner or _run_cell)(cell, env, progress=False)
+    state = state_path(results, cell)
+    result = (runner or _run_cell)(cell, env, progress=progress, checkpoint=state,
+                                   checkpoint_every=checkpoint_every)
     write_cell_result(results, result)
+    with contextlib.suppress(FileNotFoundError):
+        state.unlink()
     return cell.id, time.perf_counter() - start
 
 
@@ -218,81 +325,207 @@ def _train_baselines(cells, env: Env, progress) -> None:
                            data_root=env.data_root, progress=progress, limit=c.train_limit)
 
 
-def _backend_context(backend: str, n_jobs: int, scheduler: str | None):
-    """A joblib parallel_config for ``backend`` (and the client it needs), imported lazily."""
-    import contextlib
+class _Stopped(Exception):
+    """SIGTERM reached the client: stop the grid (its tasks are cancelled on the way out)."""
 
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """Turn SIGTERM into an exception in the client's main thread, so that leaving the backend's
+    context cancels the grid's tasks instead of leaving them to run on the cluster."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _Stopped("terminated (SIGTERM)")
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _workers(n_jobs: int) -> int:
+    return (os.cpu_count() or 1) if n_jobs == -1 else n_jobs
+
+
+def _check_address(address: str, what: str) -> None:
+    """A TCP connection to ``host:port`` within SCHEDULER_TIMEOUT_S, else a one-line error."""
+    import socket
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or not port:
+        raise PrunetaxError(f"{what} address {address!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=SCHEDULER_TIMEOUT_S).close()
+    except OSError as exc:
+        raise PrunetaxError(f"{what} at {address} does not answer within {SCHEDULER_TIMEOUT_S:g} s "
+                            f"({exc.strerror or type(exc).__name__}); start it or give another address") from None
+
+
+@contextlib.contextmanager
+def _loky(n_jobs: int, scheduler):
+    """Cells in joblib's loky worker processes (``n_jobs`` 1: in this process)."""
     import joblib
 
-    if backend not in BACKENDS:
-        raise PrunetaxError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "loky":
+    def submit(cells, job, kw):
+        if n_jobs == 1:
+            return (job(c, **kw) for c in cells)
+        return joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+            joblib.delayed(job)(c, **kw) for c in cells)
+    yield submit
+
+
+@contextlib.contextmanager
+def _dask(n_jobs: int, scheduler):
+    """Cells as dask futures: on ``scheduler`` (an address), or on a local cluster of ``n_jobs``
+    single-threaded worker processes on 127.0.0.1. A worker lost mid-cell makes dask run the task
+    again elsewhere (the cell resumes from its saved state); leaving cancels what is left."""
+    import logging
+
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
         if scheduler:
-            raise PrunetaxError("--scheduler needs --backend dask or ray")
-        return contextlib.nullcontext(), n_jobs
-    module, extra = _EXTRA[backend]
-    try:
-        __import__(module)
-    except ImportError:
-        raise PrunetaxError(f"backend '{backend}' needs {extra}; pip install prunetax[{extra}]") from None
-    stack = contextlib.ExitStack()
-    if backend == "dask":
-        from dask.distributed import Client
-        local = dict(n_workers=max(n_jobs, 1) if n_jobs != -1 else os.cpu_count(), threads_per_worker=1)
-        stack.enter_context(Client(scheduler) if scheduler else Client(**local))
-        stack.enter_context(joblib.parallel_config(backend="dask", wait_for_workers_timeout=600))
-        return stack, (n_jobs if not scheduler else -1)
+            _check_address(scheduler, "dask scheduler")
+            try:
+                client = stack.enter_context(Client(scheduler, timeout=SCHEDULER_TIMEOUT_S))
+            except (OSError, TimeoutError) as exc:
+                raise PrunetaxError(f"dask scheduler at {scheduler} does not answer within "
+                                    f"{SCHEDULER_TIMEOUT_S:g} s ({type(exc).__name__})") from None
+        else:
+            cluster = stack.enter_context(LocalCluster(
+                n_workers=_workers(n_jobs), threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address=None, silence_logs=logging.ERROR))
+            client = stack.enter_context(Client(cluster))
+        futures: list = []
+
+        def submit(cells, job, kw):
+            futures.extend(client.submit(job, c, pure=False, **kw) for c in cells)
+            for fut in as_completed(futures):
+                yield fut.result()
+        try:
+            yield submit
+        finally:
+            if futures:
+                client.cancel(futures)
+
+
+@contextlib.contextmanager
+def _ray(n_jobs: int, scheduler):
+    """Cells as ray tasks (one CPU each, retried when a worker dies): on ``scheduler`` (a ray
+    address), or on a local ray started for this grid with ``n_jobs`` CPUs on 127.0.0.1 and shut
+    down afterwards. Leaving cancels what is left."""
     import ray
-    from ray.util.joblib import register_ray
-    register_ray()
-    ray.init(address=scheduler or None, ignore_reinit_error=True)
-    stack.callback(ray.shutdown)
-    stack.enter_context(joblib.parallel_config(backend="ray"))
-    return stack, (n_jobs if not scheduler else -1)
+
+    started = not ray.is_initialized()
+    if started:
+        if scheduler:
+            if scheduler != "auto" and not scheduler.startswith("ray://"):
+                _check_address(scheduler, "ray cluster")
+            ray.init(address=scheduler, log_to_driver=False)
+        else:
+            ray.init(num_cpus=_workers(n_jobs), include_dashboard=False, log_to_driver=False,
+                     _node_ip_address="127.0.0.1")
+    left: list = []           # tasks not yet finished (cancelling a finished one upsets ray)
+    try:
+        def submit(cells, job, kw):
+            remote = ray.remote(num_cpus=1, max_retries=3)(job)
+            left.extend(remote.remote(c, **kw) for c in cells)
+            while left:
+                done, rest = ray.wait(left, num_returns=1)
+                left[:] = rest
+                yield ray.get(done[0])
+        yield submit
+    finally:
+        for ref in left:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
+
+
+_BACKEND_CONTEXTS = {"loky": _loky, "dask": _dask, "ray": _ray}
 
 
 def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int = 1, device=None,
              scheduler: str | None = None, cache_dir=None, data_root=None, progress: bool = True,
-             env: Env | None = None) -> GridSummary:
+             env: Env | None = None, checkpoint_every: float = CHECKPOINT_EVERY_S,
+             runner: Callable | None = None, pretrain: bool = True) -> GridSummary:
     """Run every cell not yet complete under ``results``; each writes its files on completion.
 
-    ``n_jobs`` workers (loky processes, or dask/ray tasks; -1 = all cores or all cluster slots).
-    ``env``: where the cells run (``prunetax.benchmarks.setup.Env``, sent to every worker, which
-    resolves its device and cache itself; None: the defaults); ``device``, ``cache_dir`` and
-    ``data_root``, when given, set its fields.
-    Two runs on one results root are safe: a cell may be computed twice, never written half.
-    """
-    import joblib
-    from tqdm.auto import tqdm
+    ``n_jobs`` workers (loky processes, dask workers of a local cluster, local ray CPUs; -1 =
+    all cores; with ``scheduler`` the cluster's own workers run the cells, ``n_jobs`` only bounds
+    nothing). ``env``: where the cells run (``prunetax.benchmarks.setup.Env``; its paths are made
+    absolute here, on the client, and the client's cache root is used when it names none);
+    ``device``, ``cache_dir`` and ``data_root``, when given, set its fields. A running cell saves
+    its state every ``checkpoint_every`` seconds (and on SIGTERM/SIGINT) under ``results/state``,
+    and a rerun resumes it. ``progress``: bars on a terminal (a bar over cells; at ``n_jobs`` 1
+    also the cell's bar over steps); otherwise one plain line per baseline trained and per cell
+    completed. Two runs on one results root are safe: a cell may be computed twice, never
+    written half.
 
+    ``pretrain``: with workers, train every missing baseline here first, so that each is trained
+    once, on the client's device and thread count (False: each cell trains or reads its own).
+    ``runner``: what runs a cell (default ``protocol.run_cell``; tests pass stand-ins).
+    """
     from prunetax.benchmarks.results import cell_done
 
     start = time.perf_counter()
-    env = Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root)
-    if n_jobs == 0 or n_jobs < -1:
-        raise PrunetaxError(f"n_jobs must be a positive integer or -1, got {n_jobs}")
-    results = Path(results)
-    if results.exists() and not results.is_dir():
-        raise PrunetaxError(f"results folder {str(results)!r} is a file")
+    results, env = preflight(results, backend, n_jobs, scheduler,
+                             Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root))
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise PrunetaxError("the grid lists the same cell twice")
     pending = [c for c in cells if not cell_done(results, c)]
     skipped = [c.id for c in cells if c not in pending]
-    context, n_jobs = _backend_context(backend, n_jobs, scheduler)
+    inline = backend == "loky" and n_jobs == 1
+    # one cell per worker gets the machine's cores shared out (loky and local clusters), so the
+    # cells compute with the same thread count whatever runs them
+    threads = None if inline or scheduler else max(1, (os.cpu_count() or 1) // _workers(n_jobs))
+    kw = dict(results=str(results), env=env, runner=runner or _run_cell, threads=threads,
+              checkpoint_every=float(checkpoint_every), progress=progress and inline)
     ran: list[str] = []
-    with context:
-        if pending and (n_jobs != 1 or backend != "loky"):
+    if not pending:
+        return GridSummary(ran, skipped, results, time.perf_counter() - start)
+    with _sigterm_stops(), _BACKEND_CONTEXTS[backend](n_jobs, scheduler) as submit:
+        if pretrain and not inline:
             _train_baselines(pending, env, progress)
-        bar = tqdm(total=len(cells), initial=len(skipped), desc="cells", unit="cell", disable=not progress)
-        args = [str(results), env, _run_cell]
-        if n_jobs == 1 and backend == "loky":
-            outputs = (_job(c, *args) for c in pending)
-        else:
-            outputs = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
-                joblib.delayed(_job)(c, *args) for c in pending)
-        for cell_id, _ in outputs:
-            ran.append(cell_id)
-            bar.update(1)
-        bar.close()
+        bar = _CellProgress(len(cells), len(skipped), progress)
+        try:
+            for cell_id, seconds in submit(pending, _job, kw):
+                ran.append(cell_id)
+                bar.done(cell_id, seconds)
+        finally:
+            bar.close()
     return GridSummary(ran, skipped, results, time.perf_counter() - start)
+
+
+class _CellProgress:
+    """A bar over cells on a terminal; otherwise one plain line per cell completed."""
+
+    def __init__(self, total: int, initial: int, bar: bool):
+        self.total, self.count = total, initial
+        self.bar = None
+        if bar:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc="cells", unit="cell", file=sys.stderr)
+
+    def done(self, cell_id: str, seconds: float) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        else:
+            print(f"cell {self.count}/{self.total} done: {cell_id} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

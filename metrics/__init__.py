@@ -23,6 +23,7 @@ _LAZY = {
     "evaluate_metrics": "prunetax.metrics.engine",
     "MetricEvaluator": "prunetax.metrics.engine",
     "MetricValues": "prunetax.metrics.engine",
+    "check_metrics": "prunetax.metrics.engine",
     # one registry per computing axis (docs/metrics.md), and their removal (plug-ins, tests)
     "register_pointwise": "prunetax.metrics.kernels",
     "register_reduction": "prunetax.metrics.kernels",

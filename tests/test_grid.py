@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def fake_rate(cell: Cell, metric: str) -> float:
     return round(digest[0] / 2.55, 3)
 
 
-def fake_run_cell(cell: Cell, env: Env, progress=False) -> CellResult:
+def fake_run_cell(cell: Cell, env: Env, progress=False, **checkpointing) -> CellResult:
     FAKE_CALLS.append(cell.id)
     ENVS.append(env)
     rows = []
@@ -165,13 +166,9 @@ def test_runner_errors(tmp_path, fake):
         run_grid(cells, tmp_path / "r", scheduler="tcp://x:8786", progress=False)
 
 
-@pytest.mark.parametrize("backend, extra", [("dask", "dask"), ("ray", "ray")])
-def test_missing_backend_names_the_extra(tmp_path, fake, backend, extra):
-    try:
-        __import__({"dask": "dask.distributed", "ray": "ray.util.joblib"}[backend])
-        pytest.skip(f"{backend} is installed")
-    except ImportError:
-        pass
+@pytest.mark.parametrize("backend, module, extra", [("dask", "dask.distributed", "dask"), ("ray", "ray", "ray")])
+def test_missing_backend_names_the_extra(tmp_path, fake, monkeypatch, backend, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)   # as if the extra were not installed
     with pytest.raises(PrunetaxError, match=rf"pip install prunetax\[{extra}\]"):
         run_grid(grid_cells(BASE), tmp_path / "r", backend=backend, progress=False)
     assert not (tmp_path / "r").exists()
@@ -217,13 +214,19 @@ def test_env_defaults_old_keywords_and_pickling(tmp_path, monkeypatch):
         Env("tpu").torch_device
 
 
-def test_runner_sends_one_env_to_the_cells(tmp_path, fake):
+def test_runner_sends_one_env_to_the_cells(tmp_path, fake, monkeypatch):
     cells = grid_cells({**BASE, "seeds": [0, 1]})
     run_grid(cells, tmp_path / "a", device="cpu", cache_dir=tmp_path / "c", progress=False)
     assert ENVS == [Env("cpu", str(tmp_path / "c"), None)] * 2
     ENVS.clear()
-    env = Env("cpu", None, str(tmp_path / "d"))
-    run_grid(cells, tmp_path / "b", env=env, progress=False)
+    monkeypatch.setenv("PRUNETAX_CACHE", str(tmp_path / "client-cache"))
+    monkeypatch.chdir(tmp_path)
+    env = Env("cpu", None, "d")
+    run_grid(cells, "b", env=env, progress=False)
+    # the grid resolves every path on the client: the cells get absolute ones, the client's cache
+    assert ENVS == [Env("cpu", str(tmp_path / "client-cache"), str(tmp_path / "d"))] * 2
+    assert cell_done(tmp_path / "b", cells[0])
+    ENVS.clear()
     benchmarks.run(cells[0], env=env)
-    benchmarks.run(cells[0], device="cpu", data_root=str(tmp_path / "d"))
-    assert ENVS == [env] * 4
+    benchmarks.run(cells[0], device="cpu", data_root="d")
+    assert ENVS == [env] * 2

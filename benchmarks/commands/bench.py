@@ -34,9 +34,17 @@ def add_arguments(p) -> None:
     p.add_argument("--test-images", type=int, help="test images for accuracy (default: all)")
     p.add_argument("--epochs", type=int, help="baseline training epochs (default: the model's recipe)")
     p.add_argument("--train-limit", type=int, help="train baselines on the first N images only (quick runs)")
-    p.add_argument("--backend", default="loky", choices=("loky", "dask", "ray"), help="joblib backend (default loky)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel cells (default 1; -1 = all)")
-    p.add_argument("--scheduler", metavar="ADDRESS", help="dask scheduler or ray address to join")
+    p.add_argument("--backend", default="loky", choices=("loky", "dask", "ray"),
+                   help="where cells run: loky (this machine), dask or ray (default loky)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="parallel cells: loky processes, or the workers of a local dask/ray cluster "
+                        "(default 1; -1 = all cores)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="join a running cluster instead of starting one: a dask scheduler (tcp://HOST:PORT) "
+                        "or a ray address (HOST:PORT, auto); it must answer within 10 s")
+    p.add_argument("--checkpoint-every", type=float, default=5.0, metavar="MINUTES",
+                   help="a running cell saves its state at most this often, and on SIGTERM/SIGINT, under "
+                        "RESULTS/state/; a rerun resumes it (default 5)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--results", default="results", metavar="DIR", help="results root (default ./results)")
     p.add_argument("--cache-dir", default=None, help="baseline cache (default $PRUNETAX_CACHE or ~/.cache/prunetax)")
@@ -70,15 +78,25 @@ def build_config(args) -> tuple[dict, str]:
 
 
 def run(args) -> int:
-    from prunetax.benchmarks.grid import grid_cells, run_grid
+    from prunetax.benchmarks.grid import grid_cells, preflight, run_grid, validate_cells
     from prunetax.benchmarks.io import format_table
     from prunetax.benchmarks.results import leaderboard
     from prunetax.benchmarks.setup import Env
+    from prunetax.taxonomy.errors import PrunetaxError
 
+    # everything is checked before anything is written or trained, the checks that need no
+    # torch first (they answer in about a second)
+    if args.jobs == 0 or args.jobs < -1:
+        raise PrunetaxError(f"--jobs must be a positive integer or -1 (all cores), got {args.jobs}")
+    if not args.checkpoint_every >= 0:
+        raise PrunetaxError(f"--checkpoint-every must be >= 0 minutes, got {args.checkpoint_every}")
     config, source = build_config(args)
-    cells = grid_cells(config, source)  # everything validated before anything is written
-    summary = run_grid(cells, args.results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
-                       env=Env.from_args(args), progress=sys.stderr.isatty())
+    cells = grid_cells(config, source, validate=False)
+    results, env = preflight(args.results, args.backend, args.jobs, args.scheduler, Env.from_args(args))
+    env.torch_device  # an unknown or unavailable device: one line
+    validate_cells(cells, data_root=env.data_root)
+    summary = run_grid(cells, results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
+                       env=env, progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every)
     n_metrics = len(cells[0].metrics)
     print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")

@@ -39,7 +39,7 @@ def command(argv: list[str], fake: bool) -> list[str]:
 
 
 # ------------------------------------------------------------------ the fake runner (--fake)
-def fake_run_cell(cell, env=None, progress=False):
+def fake_run_cell(cell, env=None, progress=False, **checkpointing):
     """Deterministic rows and trajectories from the cell alone, after a short sleep (grid._run_cell's signature)."""
     from prunetax.benchmarks.cell import CellResult
     from prunetax.benchmarks.results import ROW_COLUMNS
@@ -59,6 +59,18 @@ def fake_run_cell(cell, env=None, progress=False):
                   "seed": cell.seed, "step": s, "unit": h[s % 32], "conv_weights_removed_pct": rate * s / 10,
                   "channels_removed_pct": s, "macs_removed_pct": s, "accuracy": 90.0 - s} for s in range(10)]
     return CellResult(cell, rows, traj, 0.4)
+
+
+def dying_run_cell(cell, env=None, progress=False, checkpoint=None, **kw):
+    """``fake_run_cell``, except that the first attempt at each cell kills its own worker process
+    (SIGKILL, as a lost node would) after leaving a mark beside the cell's state: a backend that
+    runs the cell again elsewhere completes the grid."""
+    mark = Path(f"{checkpoint}.died")
+    if not mark.exists():
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return fake_run_cell(cell, env, progress)
 
 
 def _child_fake(argv: list[str]) -> int:

@@ -28,9 +28,23 @@ from prunetax.metrics.engine.stream import Accumulator
 from prunetax.metrics.signals import Signals, collect
 from prunetax.taxonomy.errors import PrunetaxError
 
-__all__ = ["evaluate_metrics", "MetricEvaluator", "MetricValues", "unit_saliency", "as_metrics"]
+__all__ = ["evaluate_metrics", "MetricEvaluator", "MetricValues", "unit_saliency", "as_metrics", "check_metrics"]
 
 _BYTES_PER_WEIGHT_GRAD = 4 * 6     # per weight of the largest layer, per image and trajectory, in one pass
+
+
+def check_metrics(structure, metrics) -> None:
+    """Raise PrunetaxError (one line, naming the metric) unless every metric of ``metrics`` (ids,
+    names, expressions or parsed metrics) can be computed on ``structure``: every component has a
+    kernel, and the network has what the metric reads (BatchNorm parameters need a BatchNorm
+    after every producer). Sees no images: a grid runs it before any baseline trains."""
+    given = [metrics] if isinstance(metrics, str) else list(metrics)
+    for text, m in zip(given, as_metrics(given)):
+        try:
+            plan(structure, leaf_specs([m]))
+        except PrunetaxError as exc:
+            name = text if isinstance(text, str) else str(m)
+            raise PrunetaxError(f"metric {name} cannot be computed on this network: {exc}") from None
 
 
 class MetricEvaluator:
