@@ -325,8 +325,9 @@ def _train_baselines(cells, env: Env, progress) -> None:
                            data_root=env.data_root, progress=progress, limit=c.train_limit)
 
 
-class _Stopped(Exception):
-    """SIGTERM reached the client: stop the grid (its tasks are cancelled on the way out)."""
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM reached the client: stop the grid as Ctrl-C would (its tasks are cancelled on the
+    way out, a cell running here saves its state first; the CLI exits 130)."""
 
 
 @contextlib.contextmanager
@@ -424,17 +425,19 @@ def _ray(n_jobs: int, scheduler):
     """Cells as ray tasks (one CPU each, retried when a worker dies): on ``scheduler`` (a ray
     address), or on a local ray started for this grid with ``n_jobs`` CPUs on 127.0.0.1 and shut
     down afterwards. Leaving cancels what is left."""
+    import logging
+
     import ray
 
     started = not ray.is_initialized()
-    if started:
+    if started:   # ray's own start-up notices stay out of the grid's output (errors still show)
         if scheduler:
             if scheduler != "auto" and not scheduler.startswith("ray://"):
                 _check_address(scheduler, "ray cluster")
-            ray.init(address=scheduler, log_to_driver=False)
+            ray.init(address=scheduler, log_to_driver=False, logging_level=logging.ERROR)
         else:
             ray.init(num_cpus=_workers(n_jobs), include_dashboard=False, log_to_driver=False,
-                     _node_ip_address="127.0.0.1")
+                     _node_ip_address="127.0.0.1", logging_level=logging.ERROR)
     left: list = []           # tasks not yet finished (cancelling a finished one upsets ray)
     try:
         def submit(cells, job, kw):
