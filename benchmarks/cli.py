@@ -12,7 +12,8 @@ import sys
 
 from prunetax.taxonomy.errors import PrunetaxError
 
-COMMANDS = ("enumerate", "describe", "structure", "train", "saliency", "bench", "leaderboard", "plot")
+COMMANDS = ("list", "enumerate", "describe", "structure", "train", "saliency", "bench", "leaderboard", "plot",
+            "effects", "similarity")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in _available_commands():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first (a module importable from here, or a .py file) so that the "
+                            "models, data sets and components it registers can be used; repeatable. Installed "
+                            "packages' 'prunetax' entry points are imported always (docs/plugins.md)")
         p.set_defaults(_run=module.run)
     return parser
 
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from prunetax.benchmarks.plugins import load_plugins
+        load_plugins(args.imports)  # the user's registrations, before anything names them
         return int(args._run(args) or 0)
     except PrunetaxError as exc:
         print(f"prunetax {args.command}: error: {exc}", file=sys.stderr)

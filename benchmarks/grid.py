@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
+from prunetax.benchmarks.plugins import resolve_imports
 from prunetax.benchmarks.setup import Env
 from prunetax.taxonomy.errors import PrunetaxError
 
@@ -284,12 +285,17 @@ def run(cell: Cell, results=None, device=None, cache_dir=None, data_root=None, p
 
 
 def _job(cell: Cell, results: str, env: Env, runner=None, threads: int | None = None,
-         checkpoint_every: float = CHECKPOINT_EVERY_S, progress: bool = False) -> tuple[str, float]:
-    """What a worker runs: one cell, resumed from its saved state if there is one, written on
-    completion (skipped if another worker finished it), then its state removed. ``threads``:
-    torch's intra-op threads for the cell (None: the worker's default)."""
+         checkpoint_every: float = CHECKPOINT_EVERY_S, progress: bool = False, plugins: tuple = (),
+         plugin_cwd: str | None = None) -> tuple[str, float]:
+    """What a worker runs: the client's plug-ins loaded (``plugins``, as ``--import`` gave them,
+    resolved against ``plugin_cwd``, and the installed entry points), then one cell, resumed from
+    its saved state if there is one, written on completion (skipped if another worker finished
+    it), then its state removed. ``threads``: torch's intra-op threads for the cell (None: the
+    worker's default)."""
+    from prunetax.benchmarks.plugins import load_plugins
     from prunetax.benchmarks.results import cell_done, write_cell_result
 
+    load_plugins(plugins, plugin_cwd)
     if cell_done(results, cell):
         return cell.id, 0.0
     if threads is not None:
@@ -462,7 +468,7 @@ _BACKEND_CONTEXTS = {"loky": _loky, "dask": _dask, "ray": _ray}
 def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int = 1, device=None,
              scheduler: str | None = None, cache_dir=None, data_root=None, progress: bool = True,
              env: Env | None = None, checkpoint_every: float = CHECKPOINT_EVERY_S,
-             runner: Callable | None = None, pretrain: bool = True) -> GridSummary:
+             runner: Callable | None = None, pretrain: bool = True, plugins: Sequence[str] = ()) -> GridSummary:
     """Run every cell not yet complete under ``results``; each writes its files on completion.
 
     ``n_jobs`` workers (loky processes, dask workers of a local cluster, local ray CPUs; -1 =
@@ -479,6 +485,8 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     ``pretrain``: with workers, train every missing baseline here first, so that each is trained
     once, on the client's device and thread count (False: each cell trains or reads its own).
     ``runner``: what runs a cell (default ``protocol.run_cell``; tests pass stand-ins).
+    ``plugins``: modules or .py files the workers import first (``--import``; docs/plugins.md),
+    which the caller has imported already.
     """
     from prunetax.benchmarks.results import cell_done
 
@@ -495,7 +503,8 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     # cells compute with the same thread count whatever runs them
     threads = None if inline or scheduler else max(1, (os.cpu_count() or 1) // _workers(n_jobs))
     kw = dict(results=str(results), env=env, runner=runner or _run_cell, threads=threads,
-              checkpoint_every=float(checkpoint_every), progress=progress and inline)
+              checkpoint_every=float(checkpoint_every), progress=progress and inline,
+              plugins=resolve_imports(plugins), plugin_cwd=os.getcwd())
     ran: list[str] = []
     if not pending:
         return GridSummary(ran, skipped, results, time.perf_counter() - start)

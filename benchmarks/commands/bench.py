@@ -96,7 +96,8 @@ def run(args) -> int:
     env.torch_device  # an unknown or unavailable device: one line
     validate_cells(cells, data_root=env.data_root)
     summary = run_grid(cells, results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
-                       env=env, progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every)
+                       env=env, progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every,
+                       plugins=getattr(args, "imports", ()))
     n_metrics = len(cells[0].metrics)
     print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")
