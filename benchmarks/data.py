@@ -17,6 +17,7 @@ import dataclasses
 import gzip
 import os
 import pickle
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -262,10 +263,18 @@ def _load_cifar(root: Path | None, download: bool, subdir: str, train: list[str]
     missing = [n for n in train + ["test" if subdir == "cifar-100-python" else "test_batch"]
                if not (folder / n).is_file()]
     if missing:
+        name = tv_class.lower()
+        if root is not None:
+            why, again = "--data-root", f" --data-root {shlex.quote(str(root))}"
+        elif os.environ.get("PRUNETAX_DATA"):
+            why, again = "$PRUNETAX_DATA", ""
+        else:
+            why, again = "the default: set PRUNETAX_DATA or pass --data-root DIR to look elsewhere", ""
         raise DataError(
-            f"{tv_class.lower()}: no {missing[0]} in {folder}; put CIFAR's python version ({subdir}/, "
-            f"from the CIFAR page of Alex Krizhevsky) under {base} or pass --data-root DIR, "
-            f"or pass --download (download=True) where torchvision imports and the internet is reachable")
+            f"{name}: no {missing[0]} in {folder} (data folder {base}, from {why}; $PRUNETAX_CACHE does not move "
+            f"it); put CIFAR's python version ({subdir}/) there, or download it there with 'prunetax train "
+            f"--model lenet5 --dataset {name} --download --epochs 1 --train-limit 256{again}' (needs torchvision "
+            f"and the internet; it also trains a throwaway 1-epoch baseline in seconds)")
     parts = [read_cifar_batch(folder / n) for n in train]
     test_x, test_y = read_cifar_batch(folder / ("test" if subdir == "cifar-100-python" else "test_batch"))
     return RawData(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),

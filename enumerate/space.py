@@ -85,16 +85,70 @@ def excluded(preset: str) -> list[tuple[MetricSpec, str]]:
     raise SpecError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
-def metric_space(preset: str = "paper", pattern: str | None = None, **components) -> list[MetricSpec]:
+def globs(pattern: str | None) -> list[str]:
+    """The comma-separated shell-style globs of ``pattern`` (none when None or blank). A glob
+    with a ``[`` never closed is a SpecError (fnmatch would read it as a literal ``[``, which no
+    metric id holds)."""
+    out = []
+    for p in (pattern or "").split(","):
+        p = p.strip()
+        if not p:
+            continue
+        i = 0
+        while i < len(p):
+            if p[i] == "[":
+                j = i + 1
+                if j < len(p) and p[j] == "!":
+                    j += 1
+                if j < len(p) and p[j] == "]":
+                    j += 1
+                while j < len(p) and p[j] != "]":
+                    j += 1
+                if j >= len(p):
+                    raise SpecError(f"invalid glob {p!r}: the '[' at position {i} is never closed "
+                                    f"(a glob uses *, ? and [abc]; no metric id holds '[')")
+                i = j
+            i += 1
+        out.append(p)
+    return out
+
+
+def _nearest(glob: str, specs: list[MetricSpec]) -> str:
+    """``: did you mean ...`` (the closest id or authors' name), a named metric's note, or an example id."""
+    import difflib
+
+    from prunetax.taxonomy.expr import NAMED
+    if glob.lower() in NAMED:
+        return f" ({glob} is a named metric, {NAMED[glob.lower()].definition}: 'prunetax describe {glob}')"
+    names = [m.id for m in specs] + [m.authors_name for m in specs if m.authors_name]
+    close = difflib.get_close_matches(glob, names, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else f" (ids look like {specs[0].id})"
+
+
+def _matches(m: MetricSpec, p: str) -> bool:
+    return fnmatch.fnmatchcase(m.id, p) or bool(m.authors_name and fnmatch.fnmatchcase(m.authors_name, p))
+
+
+def metric_space(preset: str = "paper", pattern: str | None = None, *, strict: bool = False,
+                 **components) -> list[MetricSpec]:
     """The specs of a preset, filtered by a glob on the id and by component values.
 
-    ``components`` maps an axis (``base_input``, ``pointwise``, ``reduction``, ``scaling``,
-    ``structure``, ``aggregation``) to one id or a collection of ids; authors' names work too.
+    ``pattern``: shell-style globs, comma-separated, on the canonical id or the authors' name
+    (a ``[`` never closed is an error). ``strict``: each glob must match some metric of the
+    preset (before the component filters), else a SpecError names it. ``components`` maps an
+    axis (``base_input``, ``pointwise``, ``reduction``, ``scaling``, ``structure``,
+    ``aggregation``) to one id or a collection of ids; authors' names work too.
 
     >>> len(metric_space("paper"))
     308
     """
     specs = _preset(preset)
+    pats = globs(pattern)
+    if strict:
+        for p in pats:
+            if not any(_matches(m, p) for m in specs):
+                raise SpecError(f"glob {p!r} matches no metric id or authors' name of preset {preset}"
+                                f"{_nearest(p, specs)}; 'prunetax enumerate --preset {preset}' lists them")
     for axis, wanted in components.items():
         if wanted is None:
             continue
@@ -103,13 +157,10 @@ def metric_space(preset: str = "paper", pattern: str | None = None, **components
         values = [wanted] if isinstance(wanted, str) else list(wanted)
         allowed = {C.get(axis, v).id for v in values}
         specs = [m for m in specs if getattr(m, axis) in allowed]
-    if pattern:
-        pats = [p.strip() for p in pattern.split(",") if p.strip()]
-        specs = [m for m in specs
-                 if any(fnmatch.fnmatchcase(m.id, p) or
-                        (m.authors_name and fnmatch.fnmatchcase(m.authors_name, p)) for p in pats)]
+    if pats:
+        specs = [m for m in specs if any(_matches(m, p) for p in pats)]
     return specs
 
 
-def count(preset: str = "paper", pattern: str | None = None, **components) -> int:
-    return len(metric_space(preset, pattern, **components))
+def count(preset: str = "paper", pattern: str | None = None, *, strict: bool = False, **components) -> int:
+    return len(metric_space(preset, pattern, strict=strict, **components))

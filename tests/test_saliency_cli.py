@@ -52,10 +52,11 @@ def test_paper_preset_writes_every_metric_and_channel(workdir):
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.strip().splitlines()) == 1 and "21560 rows" in p.stdout, p.stdout
     table = pq.read_table(out)
-    assert table.schema.names == ["metric_id", "layer", "channel", "unit", "value"]
+    assert table.schema.names == ["metric", "metric_id", "layer", "channel", "unit", "value"]
     assert table.num_rows == 308 * 70
     rows = table.to_pydict()
     assert len(set(rows["metric_id"])) == 308
+    assert rows["metric"] == rows["metric_id"]     # a preset's metrics are asked for by their ids
     per_metric = {}
     for m in rows["metric_id"]:
         per_metric[m] = per_metric.get(m, 0) + 1
@@ -105,5 +106,52 @@ def test_unknown_metric_is_one_line_error(workdir):
 def test_missing_checkpoint_is_one_line_error(workdir):
     out = workdir / "m.parquet"
     p = run(workdir, "--checkpoint", str(workdir / "absent.pt"), "--out", str(out))
-    one_line_error(p, "absent.pt")
+    one_line_error(p, "--checkpoint", "absent.pt")
     assert not out.exists()
+
+
+def test_names_asked_for_are_kept_beside_the_canonical_ids(workdir):
+    """Column metric: the name as asked (a named metric in lower case, an authors' name or id as
+    typed); metric_id: the canonical id. A metric asked twice keeps its first name."""
+    import pyarrow.parquet as pq
+
+    out = workdir / "n.parquet"
+    p = run(workdir, "--checkpoint", str(workdir / "lenet5.pt"), "--images", "8", "--out", str(out), "--metrics",
+            "FILTER_L1, weight-value-l2_norm-none,activation-value-l1-elements,mean_activation,0.5 * filter_l2")
+    assert p.returncode == 0, p.stderr
+    assert "wrote 280 rows (4 metrics x 70 channels)" in p.stdout, p.stdout
+    t = pq.read_table(out)
+    assert t.column_names[:2] == ["metric", "metric_id"]
+    pairs = list(dict.fromkeys(zip(t["metric"].to_pylist(), t["metric_id"].to_pylist())))
+    assert pairs == [("filter_l1", "weight-value-l1-none"), ("weight-value-l2_norm-none", "weight-value-l2-none"),
+                     ("activation-value-l1-elements", "activation-value-l1-elements"),
+                     ("0.5 * filter_l2", "0.5 * weight-value-l2-none")]
+
+
+def test_trains_only_when_missing_says_so_first_and_reuses_trains_baseline(tmp_path, monkeypatch, capsys):
+    """--epochs / --train-limit pick the baseline: `train` makes it, `saliency` with the same values
+    reuses it (nothing trained, nothing said); a missing one is announced before it trains."""
+    from prunetax.benchmarks.cli import main
+
+    monkeypatch.setenv("PRUNETAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    small = ["--model", "lenet5", "--epochs", "1", "--train-limit", "200", "--device", "cpu"]
+    assert main(["train", *small]) == 0
+    out, err = capsys.readouterr()
+    notice = ("prunetax train: no cached baseline of lenet5 on mnist (seed 0, 1 epoch, first 200 images); "
+              "training it now: 1 epoch x 200 images (2 steps of 128), roughly ")
+    assert err.startswith(notice) and " s a step (timed here just now; the machine's load changes it)\n" in err, err
+    assert err.splitlines()[1].startswith("lenet5 on mnist, seed 0: training 1 epoch at lr")   # training.py's line
+    assert out.startswith("lenet5 on mnist, seed 0, 1 epoch on the first 200 images: test accuracy "), out
+    checkpoint = out.split("checkpoint ")[1].split(" in ")[0]
+
+    metrics = ["--metrics", "filter_l1", "--images", "16"]
+    assert main(["saliency", *small, *metrics, "--out", "a.parquet"]) == 0
+    out, err = capsys.readouterr()
+    assert f"(baseline {checkpoint})" in out and "training" not in err, (out, err)
+
+    assert main(["saliency", *small, "--seed", "1", *metrics, "--out", "b.parquet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.startswith("prunetax saliency: no cached baseline of lenet5 on mnist (seed 1, 1 epoch, first 200 "
+                          "images); training it now: 1 epoch x 200 images"), err
+    assert "seed1" in out and checkpoint not in out

@@ -294,3 +294,35 @@ def test_cli_table_in_process(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:3] == ["producer", "kind", "out"] and len(lines) == 1 + 3 + 1
     assert "570 units" in lines[-1] and "70 conv channels" in lines[-1]
+
+
+def test_cli_reports_convolution_units_and_all_units_apart(capsys):
+    """lenet5: 70 convolution units (what bench and saliency prune by default) of 570 units in all
+    (the other 500: the linear producer's); resnet20's 448 units are all convolution units."""
+    from prunetax.benchmarks.cli import main
+
+    assert main(["structure", "--model", "lenet5", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["units"], d["conv_units"], d["linear_only_units"]) == (570, 70, 500)
+    assert list(d)[3:6] == ["units", "conv_units", "linear_only_units"]
+    assert main(["structure", "--model", "lenet5"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert ("lenet5: 3 producers; 70 convolution units (pruned by default) of 570 units in all (the other 500 "
+            "are linear producers' only: saliency --include-linear, [protocol] prune_linear = true); ") in last
+    assert main(["structure", "--model", "resnet20"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "resnet20: 21 producers; 448 units, all in convolution producers (pruned by default); " in last
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "lenet5", "--input-size", "8"], "--input-size 8: model 'lenet5' needs input_size >= 16 (got 8)"),
+    (["--model", "lenet5", "--input-size", "0"], "--input-size 0: must be 1 or more"),
+    (["--model", "lenet5", "--in-channels", "0"], "--in-channels 0: must be 1 or more"),
+    (["--model", "lenet6"], "--model lenet6: unknown model 'lenet6'"),
+])
+def test_cli_errors_name_the_flag(capsys, argv, message):
+    from prunetax.benchmarks.cli import main
+
+    assert main(["structure", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"prunetax structure: error: {message}"), err

@@ -5,7 +5,12 @@ HELP = "show the components and the formula of a metric id, authors' name, named
 
 
 def add_arguments(p) -> None:
-    p.add_argument("metric", metavar="ID_OR_NAME", help="e.g. activation-taylor-abs_sum-weights_removed-domino_io, gfbs")
+    from prunetax.taxonomy import NAMED   # torch-free
+
+    p.add_argument("metric", metavar="ID_OR_NAME",
+                   help="a canonical id (activation-taylor-abs_sum-weights_removed-domino_io; 'prunetax enumerate' "
+                        "lists them), an authors' name, an expression, or a named metric: "
+                        f"{', '.join(NAMED)} ('prunetax list metrics')")
     p.add_argument("--latex", action="store_true", help="also print the LaTeX formula")
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import sys
 
+from prunetax.benchmarks.commands._flags import flag
 from prunetax.benchmarks.io import write_rows
 
 HELP = "list, filter and count the metric space (presets: paper, domino, extended)"
+FLAGS = (("base_input", "--input"), ("pointwise", "--pointwise"), ("reduction", "--reduction"),
+         ("scaling", "--scaling"), ("structure", "--structure"), ("aggregation", "--aggregation"))
 COLUMNS = ("id", "authors_name", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 
 
@@ -14,10 +17,11 @@ def add_arguments(p) -> None:
 
     p.add_argument("--preset", default="paper", choices=list(PRESETS),
                    help="which space: " + "; ".join(f"{k}: {v}" for k, v in PRESETS.items()))
-    p.add_argument("--filter", metavar="GLOB", help="glob(s) on the id or authors' name, comma-separated")
-    for axis, flag in (("base_input", "--input"), ("pointwise", "--pointwise"), ("reduction", "--reduction"),
-                       ("scaling", "--scaling"), ("structure", "--structure"), ("aggregation", "--aggregation")):
-        p.add_argument(flag, dest=axis, metavar="ID[,ID]", help=f"keep only these {axis.replace('_', ' ')}s")
+    p.add_argument("--filter", metavar="GLOB", help="shell-style glob(s) on the id or authors' name, comma-separated "
+                                                    "(*, ?, [abc]); each must match some metric of the preset")
+    for axis, name in FLAGS:
+        p.add_argument(name, dest=axis, metavar="ID[,ID]", help=f"keep only these {axis.replace('_', ' ')}s "
+                                                                f"('prunetax describe' and docs/taxonomy.md list them)")
     p.add_argument("--format", default="table", choices=["table", "json", "csv", "parquet"])
     p.add_argument("--out", metavar="PATH", help="write to this file (atomically) instead of stdout")
     p.add_argument("--count", action="store_true", help="print the number of metrics alone")
@@ -31,11 +35,23 @@ def rows_for(specs) -> list[dict]:
 
 def run(args) -> int:
     from prunetax.enumerate import metric_space
+    from prunetax.taxonomy import vocab
+    from prunetax.taxonomy.errors import PrunetaxError
 
-    filters = {axis: getattr(args, axis).split(",") for axis in
-               ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
-               if getattr(args, axis)}
-    specs = metric_space(args.preset, args.filter, **filters)
+    filters = {}
+    for axis, name in FLAGS:
+        text = getattr(args, axis)
+        if text is None:
+            continue
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values:
+            raise PrunetaxError(f"{name} is empty; give one or more {axis.replace('_', ' ')} ids, comma-separated")
+        for v in values:
+            with flag(name, v):
+                vocab.get(axis, v)
+        filters[axis] = values
+    with flag("--filter"):
+        specs = metric_space(args.preset, args.filter, strict=True, **filters)
     if args.count:
         print(len(specs))
         return 0
