@@ -73,7 +73,7 @@ def load_grid_file(path) -> dict:
         raise PrunetaxError(f"{p}: malformed TOML {_where(str(exc), text)}") from None
     unknown = sorted(set(config) - set(GRID_KEYS))
     if unknown:
-        raise PrunetaxError(f"{p}: unknown key {unknown[0]!r}; valid keys are {', '.join(GRID_KEYS)}")
+        raise _unknown_key(str(p), unknown[0], GRID_KEYS)
     return config
 
 
@@ -82,13 +82,34 @@ def _where(message: str, text: bytes) -> str:
     import re
 
     m = re.match(r"(.*) \(at line (\d+), column (\d+)\)$", message)
+    end = re.match(r"(.*) \(at end of document\)$", message)
+    if message.startswith("Unclosed array"):   # tomllib names where it noticed, not the '['
+        lines = text.decode("utf-8", "replace").splitlines()
+        stop = int(m.group(2)) if m else len(lines) + 1
+        for k in range(min(stop, len(lines)), 0, -1):
+            line = lines[k - 1].split("#", 1)[0]
+            if "=" in line and line.count("[") > line.count("]"):
+                return f"at line {k}: the array opened here is not closed (the parser stopped at line {stop})"
     if m:
         return f"at line {m.group(2)}, column {m.group(3)}: {m.group(1)}"
-    m = re.match(r"(.*) \(at end of document\)$", message)
-    if m:
+    if end:
         lines = text.count(b"\n") + 1
-        return f"at line {lines} (end of file): {m.group(1)}"
+        return f"at line {lines} (end of file): {end.group(1)}"
     return f": {message}"
+
+
+def _label(source: str, key: str) -> str:
+    """How an error names a grid key: the flag the user typed (``--train-limit``) when the grid
+    came from flags, ``FILE: key`` when it came from a grid file."""
+    return f"--{key.replace('_', '-')}" if source == "flags" else f"{source}: {key}"
+
+
+def _unknown_key(source: str, key: str, valid) -> PrunetaxError:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return PrunetaxError(f"{source}: unknown key {key!r}; {hint}valid keys are {', '.join(valid)}")
 
 
 def _list(config: dict, key: str, kind: type, source: str) -> list:
@@ -96,10 +117,10 @@ def _list(config: dict, key: str, kind: type, source: str) -> list:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list) or not value:
-        raise PrunetaxError(f"{source}: {key} must be a non-empty list of {kind.__name__}s, got {value!r}")
+        raise PrunetaxError(f"{_label(source, key)} must be a non-empty list of {kind.__name__}s, got {value!r}")
     for v in value:
         if not isinstance(v, kind) or isinstance(v, bool):
-            raise PrunetaxError(f"{source}: {key} must hold {kind.__name__}s, got {v!r}")
+            raise PrunetaxError(f"{_label(source, key)} must hold {kind.__name__}s, got {v!r}")
     return list(dict.fromkeys(value))
 
 
@@ -134,16 +155,16 @@ def grid_cells(config: dict, source: str = "grid", *, validate: bool = True, dat
     (networks, data under ``data_root``, metrics on each network), which does."""
     unknown = sorted(set(config) - set(GRID_KEYS))
     if unknown:
-        raise PrunetaxError(f"{source}: unknown key {unknown[0]!r}; valid keys are {', '.join(GRID_KEYS)}")
+        raise _unknown_key(source, unknown[0], GRID_KEYS)
     networks = _list(config, "networks", str, source)
     datasets = _list(config, "datasets", str, source)
     seeds = _list({"seeds": [0], **config}, "seeds", int, source)
     if any(s < 0 for s in seeds):
-        raise PrunetaxError(f"{source}: seeds must be >= 0, got {seeds}")
+        raise PrunetaxError(f"{_label(source, 'seeds')} must be >= 0, got {seeds}")
     metric_items = _list({"metrics": ["paper"], **config}, "metrics", str, source)
     metric_filter = config.get("metric_filter")
     if metric_filter is not None and not isinstance(metric_filter, str):
-        raise PrunetaxError(f"{source}: metric_filter must be a glob string, got {metric_filter!r}")
+        raise PrunetaxError(f"{_label(source, 'metric_filter')} must be a glob string, got {metric_filter!r}")
     metrics = expand_metrics(metric_items, metric_filter)
     protocol_cfg = config.get("protocol", {})
     if not isinstance(protocol_cfg, dict):
@@ -152,7 +173,12 @@ def grid_cells(config: dict, source: str = "grid", *, validate: bool = True, dat
     for k, v in protocol_cfg.items():
         want = {"float": (int, float), "bool": (bool,), "int": (int,), "str": (str,)}.get(str(types.get(k)), ())
         if want and (not isinstance(v, want) or (isinstance(v, bool) and bool not in want)):
-            raise PrunetaxError(f"{source}: protocol option {k} must be a {types[k]}, got {v!r}")
+            raise PrunetaxError(f"{_label(source, k) if source == 'flags' else source + ': [protocol] ' + k} "
+                                f"must be a {types[k]}, got {v!r}")
+    unknown = sorted(set(protocol_cfg) - set(types))
+    if unknown:
+        raise _unknown_key(f"{source}: [protocol]" if source != "flags" else "flags: [protocol]", unknown[0],
+                           sorted(types))
     try:
         protocol = Protocol.from_dict(protocol_cfg)
     except TypeError as exc:
@@ -160,7 +186,7 @@ def grid_cells(config: dict, source: str = "grid", *, validate: bool = True, dat
     epochs, limit = config.get("epochs"), config.get("train_limit")
     for name, v in (("epochs", epochs), ("train_limit", limit)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise PrunetaxError(f"{source}: {name} must be a positive integer, got {v!r}")
+            raise PrunetaxError(f"{_label(source, name)} must be a positive integer, got {v!r}")
     cells = [Cell(n, d, s, metrics, protocol, epochs, limit) for n in networks for d in datasets for s in seeds]
     if validate:
         validate_cells(cells, data_root=data_root)

@@ -57,10 +57,11 @@ def test_malformed_toml_one_line(tmp_path, capsys):
     grid.write_text('networks = ["lenet5"]\ndatasets = ["mnist"]\nseeds = [0, 1\n[protocol]\n')
     rc = cli_main(["bench", str(grid), "--results", str(tmp_path / "res")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1 and f"{grid}: malformed TOML at line 4" in err
+    assert rc == 2 and err.count("\n") == 1 and f"{grid}: malformed TOML at line 3: the array opened here" in err
     grid.write_text('networks = ["lenet5"]\ndatasets = ["mnist"]\nsedes = [0]\n')
     assert cli_main(["bench", str(grid), "--results", str(tmp_path / "res")]) == 2
-    assert "unknown key 'sedes'; valid keys are networks, datasets, seeds, metrics" in capsys.readouterr().err
+    assert "unknown key 'sedes'; did you mean 'seeds'? valid keys are networks, datasets, seeds, metrics" in \
+        capsys.readouterr().err
     assert nothing_under(tmp_path / "res")
 
 

@@ -107,15 +107,17 @@ def test_toml_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, match", [
-    ('networks = ["lenet5"\n', r"g\.toml: malformed TOML at line 2 \(end of file\): Unclosed array"),
+    ('networks = ["lenet5"\n', r"g\.toml: malformed TOML at line 1: the array opened here is not closed"),
+    ('networks = ["lenet5"\ndatasets = ["mnist"]\n', r"g\.toml: malformed TOML at line 1: the array opened here "
+                                                   r"is not closed \(the parser stopped at line 2\)"),
     ('networks = ["lenet5"]\ndatasets = mnist\n', r"g\.toml: malformed TOML at line 2, column 12: Invalid value"),
     ('networks = ["lenet5"]\ndatasets = ["mnist"]\ncolour = 1\n',
-     "unknown key 'colour'; valid keys are networks, datasets, seeds"),
+     "g.toml: unknown key 'colour'; valid keys are networks, datasets, seeds"),
     ('networks = ["lenetX"]\ndatasets = ["mnist"]\n', "unknown model 'lenetX'"),
     ('networks = ["lenet5"]\ndatasets = ["mnistt"]\n', "unknown data set 'mnistt'; choose one of .*mnist"),
     ('networks = ["lenet5"]\ndatasets = ["mnist"]\nmetrics = ["weight-value-l3-none"]\n', "reduction"),
     ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nthreshold = 150.0\n', "threshold 150.0 is out of range"),
-    ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nthreshhold = 5.0\n', "unknown protocol option 'threshhold'"),
+    ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nthreshhold = 5.0\n', r"g\.toml: \[protocol\]: unknown key 'threshhold'; did you mean 'threshold'\? valid keys are "),
     ('networks = ["lenet5"]\ndatasets = ["mnist"]\n[protocol]\nschedule = 3\n', "schedule must be a str"),
     ('networks = ["lenet5"]\ndatasets = ["mnist"]\nseeds = ["a"]\n', "seeds must hold ints"),
     ('networks = ["lenet5"]\ndatasets = ["mnist"]\nepochs = 0\n', "epochs must be a positive integer"),

@@ -13,9 +13,12 @@ def _csv(text: str) -> list[str]:
 def _ints(text: str) -> list[int]:
     from prunetax.taxonomy.errors import PrunetaxError
     try:
-        return [int(t) for t in _csv(text)]
+        seeds = [int(t) for t in _csv(text)]
     except ValueError:
         raise PrunetaxError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise PrunetaxError(f"--seeds must be >= 0, got {text!r}")
+    return seeds
 
 
 def add_arguments(p) -> None:
