@@ -5,6 +5,7 @@ import contextlib
 import csv
 import errno
 import json
+import math
 import os
 import secrets
 import sys
@@ -121,6 +122,48 @@ def _write_text(rows, fmt, fh, columns) -> None:
         writer.writerows(rows)
     else:
         fh.write(format_table(rows, columns))
+
+
+def jsonable(value):
+    """``value`` (rows, dicts, lists, numbers) with NaN and infinities as None, so that the
+    JSON written is standard (``json.dumps`` would write ``NaN``, which JSON parsers refuse)."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_text(text: str, out: str | None) -> None:
+    """``text`` to ``out`` (atomically) or, without ``out``, to stdout."""
+    if out:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
+def write_parquet(table, out: str | None, metadata: dict | None = None) -> None:
+    """A pyarrow ``table`` to ``out`` (atomically; required), with string ``metadata`` added to its schema."""
+    if not out:
+        raise PrunetaxError("--format parquet needs --out FILE.parquet")
+    import pyarrow.parquet as pq
+
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k: str(v) for k, v in metadata.items()}})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+
+
+def format_markdown(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """A Markdown (GitHub) table; None as an empty cell, '|' escaped."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(("" if r.get(c) is None else str(r.get(c))).replace("|", "\\|") for c in columns)
+              + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:

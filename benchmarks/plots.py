@@ -1,27 +1,44 @@
 """Figures of a results folder (matplotlib, Agg backend; ``pip install prunetax[plot]``).
 
-Per network/dataset:
-- ``accuracy_<net>_<data>``: test accuracy against % conv weights removed for chosen metrics
-  (default: the leaderboard's top 5 and ``random``), one line per seed, the threshold dashed;
-- ``reduction_scaling_<net>_<data>``: mean rate by reduction x scaling (grouped bars, as the
-  taxonomy paper), over the single-spec metrics with channel structure;
-- ``pointwise_input_<net>_<data>``: mean rate by pointwise function x base input;
-- ``domino_<net>_<data>``: the same metric with structure channel / domino_o / domino_io
-  (only where Domino variants ran).
+One set of figures per leaderboard group: (network, data set, baseline recipe, protocol), named
+``<figure>_<network>_<dataset>`` (plus ``_r<recipe>-p<protocol>``, 6 hex of a hash of each, when
+a results folder holds several recipes or protocols of one network and data set; the figure's
+title names them):
+
+- ``accuracy``: test accuracy against % conv weights removed for chosen metrics (default: the
+  group's top 5 that crossed, ``random`` and ``oracle``), one curve per seed starting at the
+  baseline (0 % removed); colour and marker per metric, line style per seed; each seed's
+  accuracy target as a grey line in that seed's style; a note names curves that coincide;
+- ``reduction_scaling`` / ``pointwise_input``: mean rate by reduction x scaling and by pointwise
+  function x base input (grouped bars, as the taxonomy paper) over the single-spec metrics with
+  channel structure: each bar the mean of its metrics' mean rates, error bar +-1 sd over those
+  metrics, n on the bar; averaged over the combinations of the other components present in
+  every bar (balanced), or said to be unbalanced;
+- ``domino``: the same metric with structure channel / domino_o / domino_io (where Domino
+  variants ran): each bar a metric's mean over seeds, +-1 sd over seeds; hatched where the
+  Domino variant ran as the channel metric (equivalent on this network: ``ran_as``).
+
+Every figure says when its baseline is within the threshold of chance level, and carries the
+command that made it in its metadata (PNG text ``Source``, SVG ``Source``, PDF ``Subject``).
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Sequence
 
 from prunetax.taxonomy.errors import PrunetaxError
 
-__all__ = ["plot_results", "FIGURES"]
+__all__ = ["plot_results", "FIGURES", "FORMATS"]
 
 FIGURES = ("accuracy", "reduction_scaling", "pointwise_input", "domino")
-FORMATS = ("png", "svg")
+FORMATS = ("png", "svg", "pdf")
 _STRUCTURES = ("channel", "domino_o", "domino_io")
+_COMPONENTS = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
+_CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}  # chance = 100 / classes
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+_SEED_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
 def _pyplot():
@@ -38,134 +55,344 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")
 
 
-def _mean_rates(board: list[dict]) -> dict[str, dict]:
-    return {r["metric_id"]: r for r in board if r["mean"] is not None}
+def _short(text) -> str:
+    return hashlib.sha256(str(text).encode()).hexdigest()[:6]
 
 
-def _grouped_bars(plt, title, groups, series, value, ylabel):
-    """Bars: x = ``groups``, one bar per ``series`` in each; ``value(g, s)`` or None for missing."""
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(groups) + 2), 4.2))
-    width = 0.8 / max(len(series), 1)
-    x = np.arange(len(groups))
-    for i, s in enumerate(series):
-        vals = [value(g, s) for g in groups]
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, [np.nan if v is None else v for v in vals], width,
-               label=s)
-    ax.set_xticks(x, groups, rotation=20, ha="right")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(series), 4), loc="upper left", bbox_to_anchor=(0, -0.25), frameon=False)
-    fig.tight_layout()
-    return fig
+def _target(baseline: float, threshold: float, mode: str) -> float:
+    return baseline * (1 - threshold / 100) if mode == "relative" else baseline - threshold
 
 
-def _by_components(rates: dict[str, dict], a: str, b: str):
-    """Mean (over metrics) of each metric's mean rate, per (component a, component b)."""
-    import numpy as np
+def chance_warning(dataset: str, baselines: Sequence[float], threshold: float | None, mode: str | None) -> str | None:
+    """A sentence when a baseline's accuracy target is at or below chance level (rates mean nothing), else None."""
+    classes = _CLASSES.get(dataset)
+    if classes is None or threshold is None or not baselines:
+        return None
+    chance = 100.0 / classes
+    low = [b for b in baselines if _target(b, threshold, mode or "absolute") <= chance]
+    if not low:
+        return None
+    return (f"baseline accuracy {min(low):.1f} % is within the threshold of chance ({chance:.0f} %): "
+            "these rates do not rank the metrics")
 
-    cells: dict[tuple, list[float]] = {}
-    for r in rates.values():
-        if r["kind"] != "spec" or r["structure"] not in (None, "channel") or r[a] is None or r[b] is None:
-            continue
-        cells.setdefault((r[a], r[b]), []).append(r["mean"])
-    groups = list(dict.fromkeys(k[0] for k in sorted(cells)))
-    series = list(dict.fromkeys(k[1] for k in sorted(cells)))
-    return groups, series, (lambda g, s: float(np.mean(cells[(g, s)])) if (g, s) in cells else None)
+
+def _note(fig, lines: Sequence[str], warn: str | None = None) -> None:
+    """Notes under the axes (grey) and a warning above them (red)."""
+    text = [t for t in lines if t]
+    if text:
+        fig.text(0.01, 0.005, "\n".join(text), fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
+    if warn:
+        fig.text(0.5, 0.995, warn, fontsize=8, color="tab:red", ha="center", va="top", weight="bold")
 
 
-def _accuracy_figure(plt, traj: list[dict], chosen: Sequence[str], title: str, threshold_line):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def _layout(fig, notes: int, warn: bool) -> None:
+    """Room for the notes under the axes and the warning above (the legend sits right of the axes,
+    and savefig crops to what is drawn)."""
+    height = fig.get_size_inches()[1]
+    bottom = (0.1 + 0.13 * notes) / height if notes else 0.0
+    fig.tight_layout(rect=(0, min(bottom, 0.4), 1, 1 - 0.25 / height if warn else 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy against rate
+
+def _curves(traj: list[dict], base: dict[tuple, float], metric: str) -> dict[int, list[tuple[float, float]]]:
+    """seed -> [(rate, accuracy)] from the baseline (0, its accuracy) on, evaluated steps only."""
+    runs: dict[int, list] = {}
+    for t in traj:
+        if t["metric_id"] == metric and t["accuracy"] is not None:
+            runs.setdefault(t["seed"], []).append((t["step"], t["conv_weights_removed_pct"], t["accuracy"]))
+    out = {}
+    for seed, pts in runs.items():
+        pts.sort()
+        start = [(0.0, base[seed])] if base.get(seed) is not None else []
+        out[seed] = start + [(p[1], p[2]) for p in pts]
+    return out
+
+
+def _accuracy_figure(plt, traj, scores, chosen, title, threshold, mode, warn):
+    from matplotlib.lines import Line2D
+
+    base = {r["seed"]: r["baseline_accuracy"] for r in scores}
+    seeds = sorted({t["seed"] for t in traj} | set(base))
+    curves = {m: _curves(traj, base, m) for m in chosen}
+    chosen = [m for m in chosen if curves[m]]
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    style = {s: _SEED_STYLES[i % len(_SEED_STYLES)] for i, s in enumerate(seeds)}
     for i, metric in enumerate(chosen):
-        runs: dict[int, list] = {}
-        for t in traj:
-            if t["metric_id"] == metric and t["accuracy"] is not None:
-                runs.setdefault(t["seed"], []).append((t["conv_weights_removed_pct"], t["accuracy"]))
-        for j, (seed, pts) in enumerate(sorted(runs.items())):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[i % len(colors)], lw=1.3, alpha=0.8,
-                    label=metric if j == 0 else None, ls="--" if metric == "random" else "-")
-    if threshold_line is not None:
-        ax.axhline(threshold_line, color="grey", ls=":", lw=1, label="baseline - threshold")
+        color = "0.45" if metric in ("random", "oracle") else colors[i % len(colors)]
+        marker = _MARKERS[i % len(_MARKERS)]
+        for seed, pts in sorted(curves[metric].items()):
+            n = len(pts)
+            every = max(1, n // 6)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=style[seed], lw=1.3, alpha=0.85,
+                    marker=marker, ms=4.5, markevery=(min(i % every, n - 1), every), mfc="none" if i % 2 else color)
+    # each seed's own accuracy target: baseline - threshold
+    targets = {s: _target(base[s], threshold, mode) for s in seeds if base.get(s) is not None and threshold is not None}
+    for s, y in targets.items():
+        ax.axhline(y, color="0.5", ls=style[s], lw=0.9)
     ax.set_xlabel("conv weights removed (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(0, 100)
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    handles = [Line2D([], [], color="0.45" if m in ("random", "oracle") else colors[i % len(colors)],
+                      marker=_MARKERS[i % len(_MARKERS)], mfc="none" if i % 2 else None, label=m)
+               for i, m in enumerate(chosen)]
+    if len(seeds) > 1:
+        handles += [Line2D([], [], color="k", ls=style[s], label=f"seed {s}") for s in seeds]
+    if targets:
+        what = f"{threshold:g} % of baseline" if mode == "relative" else f"{threshold:g} points"
+        handles.append(Line2D([], [], color="0.5", lw=0.9, label=f"target: baseline - {what}"
+                              + (" (per seed)" if len(targets) > 1 else "")))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    same = _identical(curves, chosen)
+    notes = [f"identical curves (drawn over each other): {' = '.join(g)}" for g in same]
+    notes += [f"not drawn (no evaluated step): {m}" for m in curves if not curves[m]]
+    _note(fig, notes, warn)
+    _layout(fig, len(notes), bool(warn))
     return fig
 
 
-def _domino_figure(plt, rates: dict[str, dict], title: str, limit: int = 15):
-    base: dict[str, dict[str, float]] = {}
-    for mid, r in rates.items():
-        if r["kind"] == "spec" and r["structure"] in _STRUCTURES:
+def _identical(curves: dict, chosen: Sequence[str]) -> list[list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    for m in chosen:
+        key = tuple(sorted((s, tuple(pts)) for s, pts in curves[m].items()))
+        groups.setdefault(key, []).append(m)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# bars
+
+def _bars(plt, title, groups, series, cells, xlabel, legend, ylabel, notes, warn, hatched=None):
+    """Grouped bars: x = ``groups``, one bar per ``series``; ``cells[(g, s)]`` = (mean, sd or None, n)."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.5, (0.35 + 0.3 * len(series)) * len(groups) + 2.5)), 4.8))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    top = max([c[0] + (c[1] or 0) for c in cells.values()] + [1.0])
+    for i, s in enumerate(series):
+        pos = x + (i - (len(series) - 1) / 2) * width
+        vals = [cells.get((g, s)) for g in groups]
+        means = [np.nan if v is None else v[0] for v in vals]
+        errs = [np.nan if v is None or v[1] is None else v[1] for v in vals]
+        bars = ax.bar(pos, means, width, yerr=errs, capsize=2, label=s, error_kw={"lw": 0.8})
+        for b, v, g in zip(bars, vals, groups):
+            if v is None:
+                continue
+            if hatched and (g, s) in hatched:
+                b.set_hatch("///")
+                b.set_edgecolor("white")
+            ax.text(b.get_x() + b.get_width() / 2, v[0] + (v[1] or 0) + top * 0.01, f"n={v[2]}",
+                    ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, groups, rotation=20 if max(len(str(g)) for g in groups) > 8 else 0, ha="right"
+                  if max(len(str(g)) for g in groups) > 8 else "center", fontsize=8)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, top * 1.12)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, title=legend, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    _note(fig, notes, warn)
+    _layout(fig, len(notes), bool(warn))
+    return fig
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _component_cells(board: list[dict], a: str, b: str):
+    """Bars of mean rate by (component a, component b) over the group's channel-structure specs,
+    balanced when possible. Returns (groups, series, cells, notes) or None."""
+    import numpy as np
+
+    others = [c for c in _COMPONENTS if c not in (a, b, "structure")]
+    specs = {}
+    left_out = 0
+    for r in board:
+        if r["kind"] not in ("spec", "named") or r["structure"] != "channel" or r["mean"] is None:
+            continue
+        if any(r[c] is None for c in _COMPONENTS):
+            continue
+        if r["censored"]:
+            left_out += 1
+            continue
+        specs.setdefault(tuple(r[c] for c in _COMPONENTS), r["mean"])  # a named metric = its spec: once
+    if not specs:
+        return None
+    idx = {c: _COMPONENTS.index(c) for c in _COMPONENTS}
+    by_context: dict[tuple, dict[tuple, float]] = {}
+    for comps, mean in specs.items():
+        ctx = tuple(comps[idx[c]] for c in others)
+        by_context.setdefault(ctx, {})[(comps[idx[a]], comps[idx[b]])] = mean
+    pairs = sorted({p for d in by_context.values() for p in d})
+    balanced = [ctx for ctx, d in by_context.items() if all(p in d for p in pairs)]
+    notes = []
+    use = balanced or list(by_context)
+    if balanced and len(balanced) < len(by_context):
+        notes.append(f"balanced: averaged over the {len(balanced)} combinations of {', '.join(others)} present in "
+                     f"every bar ({_count(len(by_context) - len(balanced), 'other')} left out)")
+    elif not balanced:
+        notes.append(f"unbalanced: no combination of {', '.join(others)} is present in every bar; "
+                     "bars average different sets of metrics")
+    if left_out:
+        notes.append(f"{left_out} metric{'s' if left_out > 1 else ''} that never crossed the threshold on some seed "
+                     "left out (censored rates)")
+    notes.append("bar: mean of the metrics' mean rates; error bar: +-1 sd over those metrics; n: metrics")
+    vals: dict[tuple, list[float]] = {}
+    for ctx in use:
+        for p, mean in by_context[ctx].items():
+            vals.setdefault(p, []).append(mean)
+    cells = {p: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v)) for p, v in vals.items()}
+    groups = _ordered(a, {p[0] for p in pairs})
+    series = _ordered(b, {p[1] for p in pairs})
+    return groups, series, cells, notes
+
+
+def _ordered(axis: str, values) -> list[str]:
+    """``values`` of a component axis in the taxonomy's order (docs/taxonomy.md), unknown ones last."""
+    from prunetax.taxonomy.vocab import ids
+
+    order = {v: i for i, v in enumerate(ids(axis))}
+    return sorted(values, key=lambda v: (order.get(v, len(order)), str(v)))
+
+
+def _domino_cells(board: list[dict], limit: int = 8):
+    stems: dict[str, dict[str, dict]] = {}
+    censored = set()
+    for r in board:
+        if r["kind"] in ("spec", "named") and r["structure"] in _STRUCTURES and r["mean"] is not None:
+            mid = r["metric_id"]
             stem = mid[: -len("-" + r["structure"])] if mid.endswith("-" + r["structure"]) else mid
-            base.setdefault(stem, {})[r["structure"]] = r["mean"]
-    pairs = {k: v for k, v in base.items() if "channel" in v and len(v) > 1}
+            stems.setdefault(stem, {})[r["structure"]] = r
+            if r["censored"]:
+                censored.add(stem)
+    pairs = {k: v for k, v in stems.items() if "channel" in v and len(v) > 1 and k not in censored}
     if not pairs:
         return None
-    best = sorted(pairs, key=lambda k: -max(pairs[k].values()))[:limit]
-    return _grouped_bars(plt, title, best, [s for s in _STRUCTURES if any(s in pairs[k] for k in best)],
-                         lambda g, s: pairs[g].get(s), "conv weights removed (%)")
+    best = sorted(pairs, key=lambda k: (-max(x["mean"] for x in pairs[k].values()), k))[:limit]
+    cells, hatched = {}, set()
+    for k in best:
+        chan = pairs[k]["channel"]
+        for s, r in pairs[k].items():
+            cells[(k, s)] = (r["mean"], r["std"], r["n_runs"])
+            if s != "channel" and r["ran_as"] is not None and r["ran_as"] in (chan["metric_id"], chan["ran_as"]):
+                hatched.add((k, s))
+    series = [s for s in _STRUCTURES if any((k, s) in cells for k in best)]
+    notes = [f"the {len(best)} metrics with the highest rate of {len(pairs)} with a Domino variant"
+             if len(pairs) > len(best) else ""]
+    notes.append("bar: the metric's mean rate over seeds; error bar: +-1 sd over seeds; n: seeds")
+    if censored:
+        notes.append(f"{len(censored)} metric{'s' if len(censored) > 1 else ''} left out: a structure of it never "
+                     "crossed the threshold on some seed (censored rate)")
+    if hatched:
+        notes.append("hatched: the Domino variant ran as the channel metric (the same metric on this network: ran_as)")
+    return best, series, cells, hatched, [n for n in notes if n]
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _chosen(rows: list[dict], metrics: Sequence[str] | None, top: int) -> list[str]:
+    """The accuracy figure's metrics of a group: ``metrics`` that ran in it, or its ``top`` that
+    crossed on every seed, with random and oracle."""
+    ran = {r["metric_id"] for r in rows}
+    if metrics:
+        return [m for m in metrics if m in ran]
+    best = [r["metric_id"] for r in rows if r["metric_id"] not in ("random", "oracle") and not r["censored"]]
+    return best[:top] + [m for m in ("random", "oracle") if m in ran]
 
 
 def plot_results(results_dir, out_dir, metrics: Sequence[str] | None = None,
-                 formats: Sequence[str] = FORMATS, top: int = 5) -> list[Path]:
-    """Write every figure of ``results_dir`` into ``out_dir`` in ``formats``; returns the paths."""
+                 formats: Sequence[str] = FORMATS, top: int = 5, command: str | None = None) -> list[Path]:
+    """Write every figure of ``results_dir`` into ``out_dir`` in ``formats``; returns the paths.
+
+    ``metrics``: the accuracy figure's metrics (default: each group's ``top`` that crossed, with
+    random and oracle); ``command``: the command line stored in each file's metadata.
+    """
+    from prunetax.benchmarks._version import __version__
     from prunetax.benchmarks.io import atomic_path
-    from prunetax.benchmarks.results import leaderboard, read_trajectories
+    from prunetax.benchmarks.ranking import rank_scores
+    from prunetax.benchmarks.results import read_scores, read_trajectories
 
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise PrunetaxError(f"unknown plot format {(bad or [''])[0]!r}; choose from {', '.join(FORMATS)}")
     plt = _pyplot()
-    board = leaderboard(results_dir).to_pylist()
-    if not board:
-        raise PrunetaxError(f"no results under {results_dir}; run prunetax bench first")
-    traj = read_trajectories(results_dir).to_pylist()
+    scores = read_scores(results_dir)
+    board = rank_scores(scores, source=str(results_dir)).to_pylist()
     known = {r["metric_id"] for r in board}
     if metrics:
         missing = [m for m in metrics if m not in known]
         if missing:
             raise PrunetaxError(f"metric {missing[0]!r} is not in {results_dir}; choose from the leaderboard's ids")
+    score_rows = scores.to_pylist()
     out, written = Path(out_dir), []
 
-    def save(fig, name):
+    def save(fig, name, title, label):
+        meta = {"png": {"Title": title, "Description": label, "Software": f"prunetax {__version__}",
+                        "Source": command or ""},
+                "svg": {"Title": title, "Description": label, "Creator": f"prunetax {__version__}",
+                        "Source": command or "", "Date": None},
+                "pdf": {"Title": title, "Keywords": label, "Creator": f"prunetax {__version__}",
+                        "Subject": command or "", "CreationDate": None}}
         for fmt in formats:
             path = out / f"{name}.{fmt}"
             with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=120)
+                fig.savefig(tmp, format=fmt, dpi=150, metadata=meta[fmt], bbox_inches="tight", pad_inches=0.08)
             written.append(path)
         plt.close(fig)
 
     groups: dict[tuple, list[dict]] = {}
     for r in board:
-        groups.setdefault((r["network"], r["dataset"]), []).append(r)
-    for (net, data), rows in sorted(groups.items()):
-        rates, tag = _mean_rates(rows), f"{_safe(net)}_{_safe(data)}"
-        chosen = list(metrics) if metrics else (
-            [r["metric_id"] for r in rows if r["metric_id"] not in ("random", "oracle")][:top]
-            + [m for m in ("random",) if m in rates])
-        mine = [t for t in traj if t["network"] == net and t["dataset"] == data]
-        base = [r["baseline_accuracy"] for r in rows if r["baseline_accuracy"] is not None]
-        line = None
-        if base and rows[0]["threshold"] is not None:
-            b = sum(base) / len(base)
-            line = b * (1 - rows[0]["threshold"] / 100) if rows[0]["threshold_mode"] == "relative" \
-                else b - rows[0]["threshold"]
-        save(_accuracy_figure(plt, mine, chosen, f"{net} / {data}: accuracy while pruning", line), f"accuracy_{tag}")
-        for name, a, b, title in (("reduction_scaling", "reduction", "scaling", "reduction x scaling"),
-                                  ("pointwise_input", "pointwise", "base_input", "pointwise x base input")):
-            g, s, value = _by_components(rates, a, b)
-            if g:
-                save(_grouped_bars(plt, f"{net} / {data}: mean rate by {title}", g, s, value,
-                                   "mean conv weights removed (%)"), f"{name}_{tag}")
-        fig = _domino_figure(plt, rates, f"{net} / {data}: channel vs Domino structure")
-        if fig is not None:
-            save(fig, f"domino_{tag}")
+        groups.setdefault((r["network"], r["dataset"], r["recipe_hash"], r["protocol"]), []).append(r)
+    # the trajectories of the metrics drawn only (a grid's trajectories can be millions of rows)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = sorted({m for rows in groups.values() for m in _chosen(rows, metrics, top)})
+    table = read_trajectories(results_dir)
+    traj = table.filter(pc.is_in(table.column("metric_id"), value_set=pa.array(wanted, pa.string()))).to_pylist()
+    per_data: dict[tuple, int] = {}
+    for key in groups:
+        per_data[key[:2]] = per_data.get(key[:2], 0) + 1
+    for key in sorted(groups, key=lambda k: (k[0], k[1], groups[k][0]["group"])):
+        net, data, rhash, proto = key
+        rows = groups[key]
+        label = rows[0]["group"]
+        tag = f"{_safe(net)}_{_safe(data)}" + (f"_r{_short(rhash)}-p{_short(proto)}" if per_data[key[:2]] > 1 else "")
+        mine = [r for r in score_rows if (r["network"], r["dataset"], r["recipe_hash"], r["protocol"]) == key]
+        cells = {r["cell_id"] for r in mine}
+        threshold, mode = rows[0]["threshold"], rows[0]["threshold_mode"]
+        firsts = {}
+        for r in mine:
+            firsts.setdefault(r["seed"], r)
+        warn = chance_warning(data, [r["baseline_accuracy"] for r in firsts.values() if r["baseline_accuracy"]
+                                     is not None], threshold, mode)
+        subtitle = f"{net} / {data}\nrecipe {rows[0]['recipe_label']}; protocol {rows[0]['protocol_label']}"
+        chosen = _chosen(rows, metrics, top)
+        tj = [t for t in traj if t["cell_id"] in cells]
+        sc = [{"seed": s, "baseline_accuracy": r["baseline_accuracy"]} for s, r in firsts.items()]
+        title = f"accuracy while pruning: {subtitle}"
+        save(_accuracy_figure(plt, tj, sc, chosen, title, threshold, mode, warn), f"accuracy_{tag}", title, label)
+        for name, a, b, what in (("reduction_scaling", "reduction", "scaling", "reduction x scaling"),
+                                 ("pointwise_input", "pointwise", "base_input", "pointwise x base input")):
+            got = _component_cells(rows, a, b)
+            if got:
+                g, s, c, notes = got
+                title = f"mean rate by {what}: {subtitle}"
+                save(_bars(plt, title, g, s, c, a.replace("_", " "), b.replace("_", " "),
+                           "conv weights removed at the threshold (%)", notes, warn),
+                     f"{name}_{tag}", title, label)
+        got = _domino_cells(rows)
+        if got:
+            best, series, c, hatched, notes = got
+            title = f"channel vs Domino structure: {subtitle}"
+            save(_bars(plt, title, best, series, c, "metric (without its structure)", "structure",
+                       "conv weights removed at the threshold (%)", notes, warn, hatched),
+                 f"domino_{tag}", title, label)
     return written

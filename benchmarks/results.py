@@ -239,70 +239,10 @@ def read_trajectories(root) -> pa.Table:
     return _read(root, "trajectories", TRAJECTORIES_SCHEMA, _FILE_TRAJ)
 
 
-LEADERBOARD_COLUMNS = ("rank", "metric_id", "kind", "base_input", "pointwise", "reduction", "scaling",
-                       "structure", "aggregation", "mean", "std", "pm2sigma", "n_seeds", "n_runs",
-                       "gap_to_oracle", "baseline_accuracy", "threshold", "threshold_mode", "protocol",
-                       "recipe_hash")
-_DESCRIPTIVE = ("kind", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
+# The leaderboard lives in benchmarks/ranking.py (which reads no files: this reads them for it).
+from prunetax.benchmarks.ranking import LEADERBOARD_COLUMNS, rank_scores  # noqa: E402
 
 
 def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: int | None = None) -> pa.Table:
-    """Metrics ranked by mean % of conv weights removed at the threshold, per group of ``by``.
-
-    Rows are grouped by ``by`` + recipe_hash + protocol + metric_id: runs of baselines trained
-    with different recipes, or under different protocols, never mix as seeds of one metric (rows
-    written before recipe_hash existed have it null, and group together).
-    ``mean`` / ``std`` (sample, 0 for one run) / ``pm2sigma`` (2*std) are over the runs (seeds) of
-    a metric; ``gap_to_oracle`` is the mean of the ``oracle`` metric in the same group minus this
-    metric's mean (null when no oracle ran). ``top`` keeps the best N of each group.
-    """
-    import numpy as np
-
-    by = tuple(by)
-    bad = [b for b in by if b not in SCORES_SCHEMA.names or b in ("metric_id", "conv_weights_removed_pct")]
-    if bad:
-        raise PrunetaxError(f"cannot group by {bad[0]!r}; choose from "
-                            f"{', '.join(n for n in SCORES_SCHEMA.names if n not in ('metric_id',))}")
-    if top is not None and top < 1:
-        raise PrunetaxError(f"top must be a positive integer, got {top}")
-    rows = read_scores(results_dir).to_pylist()
-    unique: dict[tuple, dict] = {}
-    for r in rows:  # one row per (cell_id, metric_id), whatever copies a reader may meet
-        unique.setdefault((r["cell_id"], r["metric_id"]), r)
-    groups: dict[tuple, dict[str, list[dict]]] = {}
-    for r in unique.values():
-        key = tuple(r[b] for b in by) + (r["recipe_hash"], r["protocol"])
-        groups.setdefault(key, {}).setdefault(r["metric_id"], []).append(r)
-    out = []
-    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
-        stats = []
-        for metric, runs in groups[key].items():
-            vals = np.array([r["conv_weights_removed_pct"] for r in runs
-                             if r["conv_weights_removed_pct"] is not None], dtype=np.float64)
-            mean = float(vals.mean()) if len(vals) else None
-            std = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else None)
-            first = runs[0]
-            stats.append({
-                **{b: v for b, v in zip(by, key)}, "metric_id": metric,
-                **{c: first[c] for c in _DESCRIPTIVE},
-                "mean": mean, "std": std, "pm2sigma": None if std is None else 2.0 * std,
-                "n_seeds": len({r["seed"] for r in runs if r["conv_weights_removed_pct"] is not None}),
-                "n_runs": len(vals),
-                "baseline_accuracy": float(np.mean([r["baseline_accuracy"] for r in runs
-                                                    if r["baseline_accuracy"] is not None] or [np.nan])),
-                "threshold": first["threshold"], "threshold_mode": first["threshold_mode"],
-                "protocol": first["protocol"], "recipe_hash": first["recipe_hash"]})
-        oracle = next((s["mean"] for s in stats if s["metric_id"] == "oracle"), None)
-        for s in stats:
-            s["gap_to_oracle"] = None if oracle is None or s["mean"] is None else oracle - s["mean"]
-            if s["baseline_accuracy"] is not None and math.isnan(s["baseline_accuracy"]):
-                s["baseline_accuracy"] = None
-        stats.sort(key=lambda s: (s["mean"] is None, -(s["mean"] or 0.0), s["metric_id"]))
-        for i, s in enumerate(stats[:top] if top else stats, 1):
-            s["rank"] = i
-            out.append(s)
-    types = {"rank": _INT, "mean": _FLT, "std": _FLT, "pm2sigma": _FLT, "n_seeds": _INT, "n_runs": _INT,
-             "gap_to_oracle": _FLT}
-    schema = pa.schema([(b, SCORES_SCHEMA.field(b).type) for b in by] +
-                       [(c, types.get(c) or SCORES_SCHEMA.field(c).type) for c in LEADERBOARD_COLUMNS])
-    return pa.Table.from_pylist(out, schema=schema)
+    """The metrics of ``results_dir`` ranked per group (``prunetax.benchmarks.ranking.rank_scores``)."""
+    return rank_scores(read_scores(results_dir), by, top, source=str(results_dir))

@@ -21,6 +21,11 @@ def _ints(text: str) -> list[int]:
     return seeds
 
 
+def _top(text: str):
+    from prunetax.benchmarks.ranking import parse_top
+    return parse_top(text)
+
+
 def add_arguments(p) -> None:
     p.add_argument("grid", nargs="?", metavar="GRID.toml", help="grid file (docs/results.md); flags override it")
     p.add_argument("--networks", metavar="A,B", help="zoo model names")
@@ -52,7 +57,8 @@ def add_arguments(p) -> None:
     p.add_argument("--results", default="results", metavar="DIR", help="results root (default ./results)")
     p.add_argument("--cache-dir", default=None, help="baseline cache (default $PRUNETAX_CACHE or ~/.cache/prunetax)")
     p.add_argument("--data-root", default=None, help="folder holding the data sets' files")
-    p.add_argument("--top", type=int, default=5, help="leaderboard rows to print per group (default 5; 0 = none)")
+    p.add_argument("--top", type=_top, default=5, metavar="N|all",
+                   help="leaderboard rows to print per group (default 5; 0 = none; all), as prunetax leaderboard --top")
 
 
 def build_config(args) -> tuple[dict, str]:
@@ -82,8 +88,6 @@ def build_config(args) -> tuple[dict, str]:
 
 def run(args) -> int:
     from prunetax.benchmarks.grid import grid_cells, preflight, run_grid, validate_cells
-    from prunetax.benchmarks.io import format_table
-    from prunetax.benchmarks.results import leaderboard
     from prunetax.benchmarks.setup import Env
     from prunetax.taxonomy.errors import PrunetaxError
 
@@ -104,12 +108,21 @@ def run(args) -> int:
     n_metrics = len(cells[0].metrics)
     print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")
-    if args.top > 0:
-        board = leaderboard(args.results, top=args.top).to_pylist()
-        cols = ["network", "dataset", "rank", "metric_id", "mean", "pm2sigma", "n_seeds", "gap_to_oracle"]
-        print(format_table([{c: _fmt(r[c]) for c in cols} for r in board], cols), end="")
+    if args.top != 0:
+        print_top(args.results, args.top)
     return 0
 
 
-def _fmt(v):
-    return f"{v:.2f}" if isinstance(v, float) else v
+def print_top(results, top: int | None) -> None:
+    """The leaderboard's best ``top`` (None: all) of each group, as ``prunetax leaderboard``'s table
+    (each group says when its list was cut), and where to read the rest."""
+    import pyarrow.compute as pc
+
+    from prunetax.benchmarks.ranking import render
+    from prunetax.benchmarks.results import leaderboard
+
+    board = leaderboard(results)
+    shown = board if top is None else board.filter(pc.less_equal(board.column("rank"), top))
+    print(render(shown, "table"), end="")
+    if shown.num_rows < board.num_rows:
+        print(f"(every metric: prunetax leaderboard {results})")

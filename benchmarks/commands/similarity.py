@@ -1,0 +1,204 @@
+"""prunetax similarity: which metrics rank a network's channels alike (Spearman, Kendall, clusters)."""
+from __future__ import annotations
+
+HELP = ("rank correlations (Spearman, Kendall) between the channel rankings of every two metrics on a trained "
+        "network, clusters of metrics that rank alike, and a clustered heatmap")
+
+
+def add_arguments(p) -> None:
+    from prunetax.benchmarks.commands._flags import DATASET_HELP, MODEL_HELP
+    from prunetax.benchmarks.commands.train import add_training_arguments
+
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--dataset", default="mnist", help=DATASET_HELP)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="PATH", help="a state_dict saved with torch.save")
+    src.add_argument("--seed", type=int, default=None,
+                     help="the cached baseline of this seed (default 0), trained first when missing")
+    add_training_arguments(p)
+    p.add_argument("--metrics", default="paper", metavar="PRESET|ID[,ID...]",
+                   help="comma-separated presets (paper, domino, extended; default paper), ids, authors' names, "
+                        "named metrics, expressions (as prunetax saliency)")
+    p.add_argument("--images", type=int, default=256, help="saliency images from the eval split (default 256)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward/backward (default 128)")
+    p.add_argument("--include-linear", action="store_true",
+                   help="also rank linear producers' units (default: convolution channels only, as the protocol)")
+    p.add_argument("--results", metavar="DIR", default=None,
+                   help="a results folder: also the overlap of two metrics' first --first removals on this "
+                        "network and data set, averaged over its cells")
+    p.add_argument("--first", type=int, default=10, metavar="N", help="removals compared with --results (default 10)")
+    p.add_argument("--min-rho", type=float, default=0.9,
+                   help="a cluster: metrics whose average Spearman rho is at least this (default 0.9)")
+    p.add_argument("--out", default="similarity", metavar="DIR", help="output folder (default ./similarity)")
+    p.add_argument("--format", default="png,svg,pdf", help="heatmap formats: png, svg, pdf (default all three)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data-root", default=None, help="folder holding the data set's files")
+    p.add_argument("--cache-dir", default=None, help="baseline cache (default $PRUNETAX_CACHE or ~/.cache/prunetax)")
+
+
+def command_line(args) -> str:
+    import shlex
+
+    words = ["prunetax", "similarity", "--model", args.model, "--dataset", args.dataset]
+    words += ["--checkpoint", str(args.checkpoint)] if args.checkpoint else ["--seed", str(args.seed or 0)]
+    for flag, value, default in (("--epochs", args.epochs, None), ("--train-limit", args.train_limit, None),
+                                 ("--metrics", args.metrics, None), ("--images", args.images, 256),
+                                 ("--results", args.results, None), ("--first", args.first, 10),
+                                 ("--min-rho", args.min_rho, 0.9), ("--out", args.out, None),
+                                 ("--format", args.format, None)):
+        if value is not None and value != default:
+            words += [flag, str(value)]
+    if args.include_linear:
+        words.append("--include-linear")
+    return shlex.join(words)
+
+
+def _common(specs) -> str:
+    """The components every metric of a cluster shares, as 'axis=value, ...'."""
+    from prunetax.taxonomy.spec import MetricSpec
+    from prunetax.taxonomy.vocab import AXES
+
+    comps = [s.components() for s in specs if isinstance(s, MetricSpec)]
+    if len(comps) != len(specs) or not comps:
+        return ""
+    return ", ".join(f"{a}={comps[0][i]}" for i, a in enumerate(AXES) if len({c[i] for c in comps}) == 1)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from prunetax.benchmarks._version import __version__
+    from prunetax.benchmarks.analysis import clusters, rank_similarity, removal_overlap, similarity_figure
+    from prunetax.benchmarks.cell import Cell, Protocol
+    from prunetax.benchmarks.commands._flags import at_least, flag
+    from prunetax.benchmarks.commands.saliency import baseline_loader, check_finite, parse_metric_list
+    from prunetax.benchmarks.commands.train import check_training_arguments
+    from prunetax.benchmarks.data import dataset_channels
+    from prunetax.benchmarks.grid import expand_metrics
+    from prunetax.benchmarks.io import atomic_path, format_markdown, write_parquet
+    from prunetax.benchmarks.models import model_info
+    from prunetax.benchmarks.plots import FORMATS, _pyplot
+    from prunetax.benchmarks.setup import Env, prepare_cell
+    from prunetax.metrics import saliencies
+    from prunetax.taxonomy.errors import PrunetaxError
+
+    # everything that needs no trained network first, as prunetax saliency
+    at_least("--images", args.images, 1)
+    at_least("--batch-size", args.batch_size, 1)
+    at_least("--first", args.first, 1)
+    if not -1 <= args.min_rho <= 1:
+        raise PrunetaxError(f"--min-rho {args.min_rho:g}: must be in [-1, 1]")
+    if args.checkpoint and (args.epochs is not None or args.train_limit is not None):
+        given = "--epochs" if args.epochs is not None else "--train-limit"
+        raise PrunetaxError(f"{given} chooses the baseline to train or reuse; with --checkpoint nothing is "
+                            f"trained, so leave {given} out")
+    args.seed = 0 if args.seed is None else args.seed
+    check_training_arguments(args)
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS] or ([] if formats else [""])
+    if bad:
+        raise PrunetaxError(f"--format {bad[0]!r}: choose from {', '.join(FORMATS)}")
+    with flag("--model", args.model):
+        model_info(args.model)
+    with flag("--dataset", args.dataset):
+        dataset_channels(args.dataset)
+    with flag("--device", args.device):
+        Env.from_args(args).torch_device
+    metrics = parse_metric_list(args.metrics)
+    if len(set(expand_metrics(metrics))) < 2:
+        raise PrunetaxError(f"--metrics {args.metrics}: one metric; similarity compares two or more")
+    plt = _pyplot()  # before the baseline is trained: a missing matplotlib is one line at once
+    cell = Cell(args.model, args.dataset, args.seed, (), Protocol(prune_linear=args.include_linear),
+                epochs=args.epochs, train_limit=args.train_limit)
+    setup = prepare_cell(cell, Env.from_args(args), load_model=baseline_loader(args, metrics), accuracy=False)
+    model, data, structure = setup.model, setup.data, setup.structure
+    source = setup.info.get("source") or f"baseline {setup.info['path']}"
+    if not args.checkpoint:
+        check_finite(model, source)
+    x, y = data.eval_x[: args.images], data.eval_y[: args.images]
+    batches = [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, len(y), args.batch_size)]
+    result = saliencies(model, structure, batches, metrics)
+    # the ids bench writes for these metrics (canonical ids; named metrics by name): they match its results
+    ids = [expand_metrics([result.name(m)])[0] for m in result.values]
+    scored = sorted({int(u) for p in structure.producers for u in structure.layers[p].out_units.tolist() if u >= 0})
+    values = np.stack([result.unit_saliency(m)[torch.tensor(scored)].numpy() for m in result.values])
+    rho, tau = rank_similarity(values)
+    order, label = clusters(rho, args.min_rho)
+
+    overlap = cells = None
+    if args.results:
+        import pyarrow.compute as pc
+
+        from prunetax.benchmarks.results import read_trajectories
+        with flag("--results", args.results):
+            table = read_trajectories(args.results)
+        keep = pc.and_(pc.and_(pc.equal(table.column("network"), args.model),
+                               pc.equal(table.column("dataset"), args.dataset)),
+                       pc.is_in(table.column("metric_id"), value_set=pa.array(ids, pa.string())))
+        overlap, cells = removal_overlap(table.filter(keep).to_pylist(), ids, args.first)
+        if not (cells > 0).any():
+            raise PrunetaxError(f"--results {args.results}: no trajectory of these metrics on {args.model} / "
+                                f"{args.dataset} with {args.first} steps (--first)")
+
+    command = command_line(args)
+    out, tag = Path(args.out), f"{args.model}_{args.dataset}".replace("/", "-").replace(":", "-")
+    M, U = values.shape
+    meta = {"prunetax_command": command, "prunetax_version": __version__, "prunetax_source": source,
+            "prunetax_digest": str(setup.info.get("digest")), "prunetax_images": str(args.images)}
+    a, b = np.repeat(np.arange(M), M), np.tile(np.arange(M), M)
+
+    def col(m):
+        return pa.array([None if np.isnan(v) else float(v) for v in m.ravel()], pa.float64())
+
+    pairs = {"metric_a": pa.array([ids[i] for i in a], pa.string()), "metric_b": pa.array([ids[j] for j in b]),
+             "spearman": col(rho), "kendall": col(tau)}
+    if overlap is not None:
+        pairs["overlap_first_n"] = col(overlap)
+        pairs["overlap_cells"] = pa.array(cells.ravel().astype(np.int64), pa.int64())
+    write_parquet(pa.table(pairs), str(out / f"similarity_{tag}.parquet"), meta)
+
+    n_clusters = max(label) + 1
+    members = [[m for m in order if label[m] == c] for c in range(n_clusters)]
+    inner = []
+    for ms in members:
+        sub = rho[np.ix_(ms, ms)][~np.eye(len(ms), dtype=bool)]
+        inner.append(float(np.nanmean(sub)) if len(ms) > 1 and np.isfinite(sub).any() else None)
+    spec = dict(zip(ids, result.values))
+    rows = [{"metric_id": ids[m], "cluster": label[m] + 1, "cluster_size": len(members[label[m]]),
+             "order": pos, "cluster_mean_rho": inner[label[m]]} for pos, m in enumerate(order)]
+    write_parquet(pa.Table.from_pylist(rows, schema=pa.schema([
+        ("metric_id", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64()), ("order", pa.int64()),
+        ("cluster_mean_rho", pa.float64())])), str(out / f"clusters_{tag}.parquet"), meta)
+    table = [{"cluster": str(c + 1), "size": str(len(ms)),
+              "mean rho": "" if inner[c] is None else f"{inner[c]:.3f}",
+              "shared components": _common([spec[ids[m]] for m in ms]),
+              "metrics": ", ".join(ids[m] for m in ms)} for c, ms in enumerate(members)]
+    off = rho[~np.eye(M, dtype=bool)]
+    md = (f"# Metric similarity: {args.model} / {args.dataset}\n\n"
+          f"{M} metrics ranking {U} units ({source}; {args.images} eval images). Spearman's rho between every two "
+          f"metrics' unit rankings: median {np.nanmedian(off):.3f}, min {np.nanmin(off):.3f}. Clusters: average "
+          f"linkage on 1 - rho, cut where the average rho falls below {args.min_rho:g}.\n\n"
+          f"{format_markdown(table, ['cluster', 'size', 'mean rho', 'shared components', 'metrics'])}\n"
+          f"`{command}`\n")
+    with atomic_path(out / f"clusters_{tag}.md") as tmp:
+        tmp.write_text(md, encoding="utf-8")
+
+    title = (f"{args.model} / {args.dataset}: Spearman's rho between metrics' unit rankings at the baseline\n"
+             f"{M} metrics, {U} units, {args.images} images; boxes: clusters with average rho >= {args.min_rho:g}")
+    fig = similarity_figure(plt, rho, ids, order, label, title)
+    fmeta = {"png": {"Title": title, "Source": command, "Software": f"prunetax {__version__}"},
+             "svg": {"Title": title, "Source": command, "Creator": f"prunetax {__version__}", "Date": None},
+             "pdf": {"Title": title, "Subject": command, "Creator": f"prunetax {__version__}", "CreationDate": None}}
+    for fmt in formats:
+        with atomic_path(out / f"similarity_{tag}.{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=fmeta[fmt], bbox_inches="tight")
+    plt.close(fig)
+    big = max(len(ms) for ms in members)
+    print(f"similarity: {M} metrics x {U} units of {args.model} / {args.dataset} ({source}); median rho "
+          f"{np.nanmedian(off):.3f}; {sum(len(ms) > 1 for ms in members)} clusters of 2+ at rho >= {args.min_rho:g} "
+          f"(largest {big}); wrote {3 + len(formats)} files to {out}")
+    return 0
