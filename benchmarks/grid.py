@@ -312,7 +312,7 @@ def run(cell: Cell, results=None, device=None, cache_dir=None, data_root=None, p
 
 def _job(cell: Cell, results: str, env: Env, runner=None, threads: int | None = None,
          checkpoint_every: float = CHECKPOINT_EVERY_S, progress: bool = False, plugins: tuple = (),
-         plugin_cwd: str | None = None) -> tuple[str, float]:
+         plugin_cwd: str | None = None, allow_weak_baseline: bool = False) -> tuple[str, float]:
     """What a worker runs: the client's plug-ins loaded (``plugins``, as ``--import`` gave them,
     resolved against ``plugin_cwd``, and the installed entry points), then one cell, resumed from
     its saved state if there is one, written on completion (skipped if another worker finished
@@ -329,8 +329,9 @@ def _job(cell: Cell, results: str, env: Env, runner=None, threads: int | None = 
         torch.set_num_threads(threads)
     start = time.perf_counter()
     state = state_path(results, cell)
+    extra = {"allow_weak_baseline": True} if allow_weak_baseline else {}
     result = (runner or _run_cell)(cell, env, progress=progress, checkpoint=state,
-                                   checkpoint_every=checkpoint_every)
+                                   checkpoint_every=checkpoint_every, **extra)
     write_cell_result(results, result)
     with contextlib.suppress(FileNotFoundError):
         state.unlink()
@@ -494,7 +495,8 @@ _BACKEND_CONTEXTS = {"loky": _loky, "dask": _dask, "ray": _ray}
 def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int = 1, device=None,
              scheduler: str | None = None, cache_dir=None, data_root=None, progress: bool = True,
              env: Env | None = None, checkpoint_every: float = CHECKPOINT_EVERY_S,
-             runner: Callable | None = None, pretrain: bool = True, plugins: Sequence[str] = ()) -> GridSummary:
+             runner: Callable | None = None, pretrain: bool = True, plugins: Sequence[str] = (),
+             allow_weak_baseline: bool = False) -> GridSummary:
     """Run every cell not yet complete under ``results``; each writes its files on completion.
 
     ``n_jobs`` workers (loky processes, dask workers of a local cluster, local ray CPUs; -1 =
@@ -512,7 +514,8 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     once, on the client's device and thread count (False: each cell trains or reads its own).
     ``runner``: what runs a cell (default ``protocol.run_cell``; tests pass stand-ins).
     ``plugins``: modules or .py files the workers import first (``--import``; docs/plugins.md),
-    which the caller has imported already.
+    which the caller has imported already. ``allow_weak_baseline``: prune baselines whose
+    accuracy target is not above chance (by default such a cell stops with a one-line error).
     """
     from prunetax.benchmarks.results import cell_done
 
@@ -530,7 +533,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     threads = None if inline or scheduler else max(1, (os.cpu_count() or 1) // _workers(n_jobs))
     kw = dict(results=str(results), env=env, runner=runner or _run_cell, threads=threads,
               checkpoint_every=float(checkpoint_every), progress=progress and inline,
-              plugins=resolve_imports(plugins), plugin_cwd=os.getcwd())
+              plugins=resolve_imports(plugins), plugin_cwd=os.getcwd(), allow_weak_baseline=allow_weak_baseline)
     ran: list[str] = []
     if not pending:
         return GridSummary(ran, skipped, results, time.perf_counter() - start)

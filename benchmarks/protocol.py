@@ -623,7 +623,8 @@ def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
 
 
 def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache_dir=None,
-             data_root=None, checkpoint=None, checkpoint_every: float = 300.0) -> CellResult:
+             data_root=None, checkpoint=None, checkpoint_every: float = 300.0,
+             allow_weak_baseline: bool = False) -> CellResult:
     """Train or fetch the cell's baseline, prune it with every metric, score the crossings.
 
     ``env``: a :class:`prunetax.benchmarks.setup.Env` (None: the defaults); the keywords
@@ -639,6 +640,9 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
     caller removes it (``checkpoint.remove_state``) once the results are written. The rows equal
     an uninterrupted run's except ``wall_seconds`` (the runs' time up to the saved step plus
     this run's). See docs/protocol.md, "Resuming a cell".
+
+    A baseline whose accuracy target is not above chance stops the cell with a one-line error
+    (``setup.check_baseline``) unless ``allow_weak_baseline``.
     """
     from prunetax.benchmarks.results import score_row, trajectory_rows
     from prunetax.benchmarks.setup import Env, prepare_cell
@@ -646,6 +650,9 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
     start = time.perf_counter()
     setup = prepare_cell(cell, Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root),
                          progress=progress)
+    if not allow_weak_baseline:   # a target at or below chance: no metric could cross it
+        from prunetax.benchmarks.setup import check_baseline
+        check_baseline(setup)
     run = CellPruning.of(setup)
     saver, before = None, 0.0              # before: the earlier runs' seconds up to the saved state
     if checkpoint is not None:

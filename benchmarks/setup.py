@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # imported lazily at run time: ``Env`` stays light for the gr
     from prunetax.benchmarks.training import Recipe
     from prunetax.metrics import MaskedModel
 
-__all__ = ["Env", "CellSetup", "prepare_cell"]
+__all__ = ["Env", "CellSetup", "prepare_cell", "check_baseline"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,28 @@ def prepare_cell(cell: Cell, env: Env | None = None, *, progress: bool = False,
     return CellSetup(cell=cell, env=env, device=dev, recipe=recipe, data=data, model=model, info=dict(info),
                      full_structure=full, structure=structure, masked=masked, test_x=test_x, test_y=test_y,
                      baseline_accuracy=baseline)
+
+
+def check_baseline(setup: CellSetup) -> None:
+    """Refuse to prune a baseline whose accuracy target lies at or below chance.
+
+    The rate is read where accuracy falls below ``Protocol.target(baseline)``; when that target is
+    not above chance (100 / classes), no metric can cross it and every metric would be ranked by
+    its final rate, whatever it is worth. One-line PrunetaxError naming the accuracy, the chance
+    level and the recipe; ``prunetax bench --allow-weak-baseline`` (``run_cell(...,
+    allow_weak_baseline=True)``) prunes it anyway.
+    """
+    from prunetax.taxonomy.errors import PrunetaxError
+
+    c, acc = setup.cell, setup.baseline_accuracy
+    chance = 100.0 / setup.data.num_classes
+    target = c.protocol.target(acc)
+    if target > chance:
+        return
+    r = setup.recipe
+    recipe = (f"{r.epochs} epoch{'s' * (r.epochs != 1)} at lr {r.lr:g}"
+              + (f" on the first {r.limit} images" if r.limit is not None else ""))
+    raise PrunetaxError(
+        f"baseline {c.network}/{c.dataset}/seed{c.seed} reaches {acc:.2f} % test accuracy (chance {chance:.2f} %), "
+        f"so its target {target:.2f} % is not above chance and no metric could cross it; train it longer "
+        f"(recipe: {recipe}; --epochs, --train-limit) or pass --allow-weak-baseline to prune it anyway")

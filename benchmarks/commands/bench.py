@@ -57,6 +57,9 @@ def add_arguments(p) -> None:
     p.add_argument("--results", default="results", metavar="DIR", help="results root (default ./results)")
     p.add_argument("--cache-dir", default=None, help="baseline cache (default $PRUNETAX_CACHE or ~/.cache/prunetax)")
     p.add_argument("--data-root", default=None, help="folder holding the data sets' files")
+    p.add_argument("--allow-weak-baseline", action="store_true",
+                   help="prune a baseline even when its accuracy target (baseline - threshold) is not above "
+                        "chance (by default such a cell stops with an error naming its accuracy and recipe)")
     p.add_argument("--top", type=_top, default=5, metavar="N|all",
                    help="leaderboard rows to print per group (default 5; 0 = none; all), as prunetax leaderboard --top")
 
@@ -104,7 +107,7 @@ def run(args) -> int:
     validate_cells(cells, data_root=env.data_root)
     summary = run_grid(cells, results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
                        env=env, progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every,
-                       plugins=getattr(args, "imports", ()))
+                       plugins=getattr(args, "imports", ()), allow_weak_baseline=args.allow_weak_baseline)
     n_metrics = len(cells[0].metrics)
     print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")
