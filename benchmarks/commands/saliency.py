@@ -15,9 +15,9 @@ from prunetax.benchmarks.commands.train import add_training_arguments, check_tra
 HELP = "compute saliency metrics on a trained network and write one row per metric x channel (Parquet)"
 
 
-def add_arguments(p) -> None:
-    from prunetax.taxonomy import NAMED   # torch-free
-
+def add_network_arguments(p) -> None:
+    """Which trained network a command reads (this one and ``prunetax similarity``): --model,
+    --dataset, and --checkpoint or the cached baseline of --seed (with --epochs / --train-limit)."""
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--dataset", default="mnist", help=DATASET_HELP)
     src = p.add_mutually_exclusive_group()
@@ -25,6 +25,34 @@ def add_arguments(p) -> None:
     src.add_argument("--seed", type=int, default=None,
                      help="the cached baseline of this seed (default 0), trained first when missing")
     add_training_arguments(p)
+
+
+def check_network_arguments(args) -> None:
+    """The checks of :func:`add_network_arguments`' flags that need no network (one line each,
+    naming the flag); sets ``args.seed`` to 0 when unset."""
+    from prunetax.benchmarks.data import dataset_channels
+    from prunetax.benchmarks.models import model_info
+    from prunetax.benchmarks.setup import Env
+    from prunetax.taxonomy.errors import PrunetaxError
+
+    if args.checkpoint and (args.epochs is not None or args.train_limit is not None):
+        given = "--epochs" if args.epochs is not None else "--train-limit"
+        raise PrunetaxError(f"{given} chooses the baseline to train or reuse; with --checkpoint nothing is "
+                            f"trained, so leave {given} out")
+    args.seed = 0 if args.seed is None else args.seed
+    check_training_arguments(args)
+    with flag("--model", args.model):
+        model_info(args.model)
+    with flag("--dataset", args.dataset):
+        dataset_channels(args.dataset)
+    with flag("--device", args.device):
+        Env.from_args(args).torch_device
+
+
+def add_arguments(p) -> None:
+    from prunetax.taxonomy import NAMED   # torch-free
+
+    add_network_arguments(p)
     p.add_argument("--metrics", default="paper", metavar="PRESET|ID[,ID...]",
                    help="comma-separated presets (paper, domino, extended; default paper), ids ('prunetax enumerate'), "
                         f"authors' names, expressions, named metrics ({', '.join(NAMED)}; 'prunetax list metrics'); "
@@ -159,27 +187,13 @@ def run(args) -> int:
     import pyarrow.parquet as pq
 
     from prunetax.benchmarks.cell import Cell, Protocol
-    from prunetax.benchmarks.data import dataset_channels
     from prunetax.benchmarks.io import atomic_path
-    from prunetax.benchmarks.models import model_info
     from prunetax.benchmarks.setup import Env, prepare_cell
     from prunetax.metrics import saliencies
-    from prunetax.taxonomy.errors import PrunetaxError
 
     at_least("--images", args.images, 1)
     at_least("--batch-size", args.batch_size, 1)
-    if args.checkpoint and (args.epochs is not None or args.train_limit is not None):
-        given = "--epochs" if args.epochs is not None else "--train-limit"
-        raise PrunetaxError(f"{given} chooses the baseline to train or reuse; with --checkpoint nothing is "
-                            f"trained, so leave {given} out")
-    args.seed = 0 if args.seed is None else args.seed
-    check_training_arguments(args)
-    with flag("--model", args.model):
-        model_info(args.model)
-    with flag("--dataset", args.dataset):
-        dataset_channels(args.dataset)
-    with flag("--device", args.device):
-        Env.from_args(args).torch_device
+    check_network_arguments(args)
     metrics = parse_metric_list(args.metrics)
     # the cell's set-up (recipe, data, baseline or checkpoint, structure), without a test pass
     cell = Cell(args.model, args.dataset, args.seed, (), Protocol(prune_linear=args.include_linear),

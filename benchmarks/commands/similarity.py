@@ -6,16 +6,9 @@ HELP = ("rank correlations (Spearman, Kendall) between the channel rankings of e
 
 
 def add_arguments(p) -> None:
-    from prunetax.benchmarks.commands._flags import DATASET_HELP, MODEL_HELP
-    from prunetax.benchmarks.commands.train import add_training_arguments
+    from prunetax.benchmarks.commands.saliency import add_network_arguments
 
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--dataset", default="mnist", help=DATASET_HELP)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="PATH", help="a state_dict saved with torch.save")
-    src.add_argument("--seed", type=int, default=None,
-                     help="the cached baseline of this seed (default 0), trained first when missing")
-    add_training_arguments(p)
+    add_network_arguments(p)
     p.add_argument("--metrics", default="paper", metavar="PRESET|ID[,ID...]",
                    help="comma-separated presets (paper, domino, extended; default paper), ids, authors' names, "
                         "named metrics, expressions (as prunetax saliency)")
@@ -75,12 +68,10 @@ def run(args) -> int:
     from prunetax.benchmarks.analysis import clusters, rank_similarity, removal_overlap, similarity_figure
     from prunetax.benchmarks.cell import Cell, Protocol
     from prunetax.benchmarks.commands._flags import at_least, flag
-    from prunetax.benchmarks.commands.saliency import baseline_loader, check_finite, parse_metric_list
-    from prunetax.benchmarks.commands.train import check_training_arguments
-    from prunetax.benchmarks.data import dataset_channels
+    from prunetax.benchmarks.commands.saliency import (baseline_loader, check_finite, check_network_arguments,
+                                                       parse_metric_list)
     from prunetax.benchmarks.grid import expand_metrics
     from prunetax.benchmarks.io import atomic_path, format_markdown, write_parquet
-    from prunetax.benchmarks.models import model_info
     from prunetax.benchmarks.plots import FORMATS, _pyplot
     from prunetax.benchmarks.setup import Env, prepare_cell
     from prunetax.metrics import saliencies
@@ -92,22 +83,11 @@ def run(args) -> int:
     at_least("--first", args.first, 1)
     if not -1 <= args.min_rho <= 1:
         raise PrunetaxError(f"--min-rho {args.min_rho:g}: must be in [-1, 1]")
-    if args.checkpoint and (args.epochs is not None or args.train_limit is not None):
-        given = "--epochs" if args.epochs is not None else "--train-limit"
-        raise PrunetaxError(f"{given} chooses the baseline to train or reuse; with --checkpoint nothing is "
-                            f"trained, so leave {given} out")
-    args.seed = 0 if args.seed is None else args.seed
-    check_training_arguments(args)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS] or ([] if formats else [""])
     if bad:
         raise PrunetaxError(f"--format {bad[0]!r}: choose from {', '.join(FORMATS)}")
-    with flag("--model", args.model):
-        model_info(args.model)
-    with flag("--dataset", args.dataset):
-        dataset_channels(args.dataset)
-    with flag("--device", args.device):
-        Env.from_args(args).torch_device
+    check_network_arguments(args)
     metrics = parse_metric_list(args.metrics)
     if len(set(expand_metrics(metrics))) < 2:
         raise PrunetaxError(f"--metrics {args.metrics}: one metric; similarity compares two or more")
