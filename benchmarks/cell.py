@@ -21,6 +21,11 @@ MODES = ("none", "characterise", "retrain")
 REFERENCES = ("random", "oracle")
 
 
+# Options added after cells were first hashed, with their defaults: ``Protocol.to_dict`` (and so
+# ``Cell.id`` and the rows' ``protocol`` column) leaves them out while they hold these values.
+_KEYED_WHEN_SET = {"sequential_test": True, "sequential_delta": 1e-9}
+
+
 @dataclass(frozen=True)
 class Protocol:
     """The pruning protocol. Defaults are the authors' except where docs/protocol.md says (it lists both)."""
@@ -39,6 +44,8 @@ class Protocol:
     max_trajectories: int = 0         # trajectories per batched pass (memory bound); 0 = automatic
     oracle_candidates: int = 0        # oracle candidates per step (lowest eval loss wins); 0 = 32
     prune_linear: bool = False        # also score and prune the channels of linear producers
+    sequential_test: bool = True      # stop a mask's test pass once its side of the target is decided
+    sequential_delta: float = 1e-9    # error bound per early decision; 0 = stop only when certain
 
     def __post_init__(self):
         if not (0 < self.threshold < 100):
@@ -53,6 +60,8 @@ class Protocol:
         for name in ("eval_every", "retrain_steps", "test_images", "max_trajectories", "oracle_candidates"):
             if getattr(self, name) < 0:
                 raise PrunetaxError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (0.0 <= self.sequential_delta < 1.0):
+            raise PrunetaxError(f"sequential_delta must be in [0, 1), got {self.sequential_delta}")
 
     def target(self, baseline: float) -> float:
         """The accuracy (%) at which the rate is read: ``baseline`` minus the threshold, in points
@@ -65,7 +74,10 @@ class Protocol:
         return (x[: self.test_images], y[: self.test_images]) if self.test_images else (x, y)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every option, except those added after cells were first hashed while they hold their
+        default (``_KEYED_WHEN_SET``): a cell's id and its rows' ``protocol`` stay as they were."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if not (k in _KEYED_WHEN_SET and v == _KEYED_WHEN_SET[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Protocol":

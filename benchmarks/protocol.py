@@ -24,6 +24,7 @@ import dataclasses
 import math
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 from torch.nn import functional as F
@@ -36,6 +37,18 @@ from prunetax.taxonomy.spec import MetricSpec
 
 _ROWS_PER_PASS = 8192                 # images per batched forward on CPU (x4 on GPU)
 _WEIGHT_GRAD_BUDGET = 1 << 30          # bytes of per-image weight gradients per chunk
+# A shared saliency pass computes each of its rows as the unshared pass does, with BLAS's rules
+# as measured for MKL (docs/performance.md, "Cheaper cells"): a row of a matrix product of at
+# least 12 rows in whole blocks of 4 comes out the same in any product; the last M % 4 rows (the
+# block's tail, float64) depend on the tail alone; float32 products of fewer than 12 rows differ.
+# So a shared pass keeps every image pass at least _SAME_PRODUCT_ROWS rows long (or is the
+# unshared pass), its row count congruent to the unshared one modulo _BLAS_BLOCK, and the
+# unshared pass's last trajectory on its own last row.
+_SAME_PRODUCT_ROWS = 16
+_BLAS_BLOCK = 4
+_TEST_ORDER_SEED = 0x7E57_0DE5         # the sequential test's order of the test images: this + seed
+_TEST_CHUNK = 250                      # the sequential test's first chunk, in images (at most)
+_WORK = ("saliency", "oracle", "test")  # what the cost counters count
 
 
 class Trajectory:
@@ -47,7 +60,9 @@ class Trajectory:
         self.removed: list[int] = []              # units removed, in order
         self.step_end: list[int] = [0]            # len(removed) after each step
         self.rates: list[tuple] = [(0.0, 0.0, 0.0)]  # (conv %, channels %, MACs %) after step i
-        self.accuracy: dict[int, float] = {}      # step -> test accuracy
+        self.accuracy: dict[int, float] = {}      # step -> test accuracy on the whole test set
+        self.tested: dict[int, tuple] = {}        # step -> (correct, images) its test pass read
+        self.early: dict[int, bool] = {}          # step decided on part of the test set -> above the target?
         self.done = False
         self.crossed = False
         self.order: torch.Tensor | None = None    # one-shot: each unit's rank on the baseline
@@ -57,7 +72,8 @@ class Trajectory:
         never changed in place, so it is shared)."""
         return {"ran_as": self.ran_as, "removed": list(self.removed), "step_end": list(self.step_end),
                 "rates": list(self.rates), "accuracy": dict(self.accuracy), "done": self.done,
-                "crossed": self.crossed, "order": self.order}
+                "crossed": self.crossed, "order": self.order, "tested": dict(self.tested),
+                "early": dict(self.early)}
 
     def load_state_dict(self, state: dict, device="cpu") -> None:
         """Continue from ``state`` (:meth:`state_dict` of the same metric); ``order`` goes to ``device``."""
@@ -66,6 +82,8 @@ class Trajectory:
         self.removed, self.step_end = [int(u) for u in state["removed"]], [int(e) for e in state["step_end"]]
         self.rates = [tuple(r) for r in state["rates"]]
         self.accuracy = dict(state["accuracy"])
+        self.tested = {int(k): (int(v[0]), int(v[1])) for k, v in state.get("tested", {}).items()}
+        self.early = {int(k): bool(v) for k, v in state.get("early", {}).items()}   # absent in older states
         self.done, self.crossed = bool(state["done"]), bool(state["crossed"])
         self.order = None if state["order"] is None else state["order"].to(device, copy=True)
 
@@ -101,9 +119,25 @@ def resolve_metrics(texts, structure) -> list[Trajectory]:
 
 
 class _Pruner:
-    def __init__(self, model, structure, masked, data, protocol: Protocol, seed: int, device, evaluator=None):
+    """The passes of one network: saliency passes, test passes, the oracle's losses, and counts.
+
+    ``share``: trajectories with equal keep masks share one saliency pass (per signal group) and
+    one test pass (``keys`` of :meth:`unit_saliencies` and :meth:`test` say which masks are
+    equal); the results are those of one pass per trajectory, to the bit on a CPU. ``cost``:
+    image-passes run (``saliency_images``, ``oracle_images``, ``test_images``) and what they
+    would have been without sharing or early stops (``*_unshared``, ``test_images_exhaustive``);
+    :meth:`work` adds the same weighted by each mask's MACs.
+    """
+
+    def __init__(self, model, structure, masked, data, protocol: Protocol, seed: int, device, evaluator=None,
+                 share: bool = True):
         self.model, self.st, self.masked, self.p = model, structure, masked, protocol
-        self.device, self.seed = device, seed
+        self.device, self.seed, self.share = device, seed, bool(share)
+        self.cost = {f"{w}_images{x}": 0 for w in _WORK for x in ("", "_unshared")}
+        self.cost["test_images_exhaustive"] = self.cost.pop("test_images_unshared")
+        self.cost["test_decisions_reversed"] = 0           # early decisions a completed pass overturned
+        self._macs = torch.zeros(2 * len(_WORK), dtype=torch.float64, device=device)   # MAC-weighted, see work()
+        self._seq = None                                   # the sequential test's set-up, made on first use
         if evaluator not in (None, "slim", "masked"):
             raise PrunetaxError(f"unknown evaluator {evaluator!r}; use 'slim', 'masked' or None (by device)")
         # how test passes run (the results are the same): K masks in one batched pass of the masked
@@ -178,6 +212,144 @@ class _Pruner:
             out += (100.0 * correct / T).tolist()
         return out
 
+    # -- test passes: shared, sequential -----------------------------------------------------------
+    def test(self, keep: torch.Tensor, target: float | None, keys=None, sequential: bool = False,
+             start=None) -> list[tuple]:
+        """Test each mask row of ``keep``: a list of ``(correct, images, above, accuracy)``.
+
+        ``sequential`` False: every row on the whole test set (:meth:`accuracy`). True: on the
+        test images in the sequential order, a chunk at a time, until its side of ``target`` is
+        decided (``above``: accuracy >= target; ``accuracy`` None when fewer than all images were
+        read); ``target`` None reads them all. ``start``: one ``(correct, images)`` per row to go
+        on from (a row stopped early). ``keys``: one hashable per row, equal for equal masks:
+        with ``share`` each distinct row is tested once."""
+        K = len(keep)
+        first: dict = {}
+        slot = list(range(K)) if keys is None or not self.share else [first.setdefault(k, len(first)) for k in keys]
+        R = max(slot) + 1 if slot else 0
+        rows = [slot.index(j) for j in range(R)]
+        sub = keep if R == K else keep[torch.tensor(rows, device=keep.device)]
+        N = len(self.test_y)
+        if not sequential:
+            accs = self.accuracy(sub)
+            self._count("test", sub, N, unshared=keep)
+            got = [(_count_of(a, N), N, None if target is None else a >= target, a) for a in accs]
+        else:
+            got = self._sequential(sub, target, None if start is None else [start[i] for i in rows])
+            before = [0] * R if start is None else [start[i][1] for i in rows]
+            self._count("test", sub, [g[1] - b for g, b in zip(got, before)], unshared=keep,
+                        unshared_images=0 if start is not None else N)
+        return [got[j] for j in slot]
+
+    def _order(self):
+        """The sequential test's set-up: the test images in a fixed random order (drawn from the
+        seed), the chunks' ends (first chunk ``_TEST_CHUNK`` images at most, then half the
+        images read so far, the last at least as long as the first) and log(chunks / delta)."""
+        if self._seq is None:
+            N = len(self.test_y)
+            gen = torch.Generator().manual_seed(_TEST_ORDER_SEED + self.seed)
+            order = torch.randperm(N, generator=gen, device="cpu").to(self.test_y.device)
+            first = max(1, min(N, _TEST_CHUNK, max(16, -(-N // 40))))
+            ends, b = [], 0
+            while b < N:
+                b += max(first, b // 2)
+                if N - b < first:
+                    b = N
+                ends.append(b)
+            delta = self.p.sequential_delta
+            self._seq = SimpleNamespace(x=self.test_x[order], y=self.test_y[order], ends=ends, cstar={},
+                                        log_bound=math.log(len(ends) / delta) if delta > 0 else None)
+        return self._seq
+
+    def _cstar(self, target: float) -> int:
+        """The fewest correct images whose accuracy (as :meth:`accuracy` computes it from the
+        count) is at least ``target``; N + 1 if none."""
+        seq, N = self._order(), len(self.test_y)
+        if target not in seq.cstar:
+            if self.batched_eval:              # float32 on the device, as the batched pass computes it
+                vals = 100.0 * torch.arange(N + 1, dtype=torch.get_default_dtype(), device=self.device) / N
+                seq.cstar[target] = int((vals < target).sum().item())
+            else:
+                lo, hi = 0, N + 1              # 100.0 * c / N is non-decreasing in c
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    if 100.0 * mid / N >= target:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                seq.cstar[target] = lo
+        return seq.cstar[target]
+
+    @torch.no_grad()
+    def _sequential(self, keep: torch.Tensor, target: float | None, start=None) -> list[tuple]:
+        """:meth:`test` of distinct rows, sequentially (see docs/protocol.md, "Sequential test")."""
+        seq, N, K = self._order(), len(self.test_y), len(keep)
+        c = [0] * K if start is None else [int(s[0]) for s in start]
+        n = [0] * K if start is None else [int(s[1]) for s in start]
+        cstar = None if target is None else self._cstar(target)
+        side = [None if cstar is None else _decide(c[j], n[j], N, cstar, seq.log_bound) for j in range(K)]
+        nets: dict[int, torch.nn.Module] = {}
+        lo = 0
+        for hi in seq.ends:
+            live = [j for j in range(K) if side[j] is None and n[j] == lo]
+            if live:
+                if self.batched_eval:
+                    got = self._masked_counts(keep[torch.tensor(live, device=keep.device)], lo, hi).tolist()
+                else:
+                    got = [self._slim_count(nets, keep, j, lo, hi) for j in live]
+                for j, cnt in zip(live, got):
+                    c[j] += int(cnt)
+                    n[j] = hi
+                    if cstar is not None:
+                        side[j] = _decide(c[j], n[j], N, cstar, seq.log_bound)
+            lo = hi
+        full = [j for j in range(K) if n[j] == N]
+        accs = dict(zip(full, self._accuracy_of([c[j] for j in full])))
+        return [(c[j], n[j], side[j] if cstar is not None else None, accs.get(j)) for j in range(K)]
+
+    def _slim_count(self, nets: dict, keep: torch.Tensor, j: int, lo: int, hi: int) -> int:
+        """Correct predictions of row j's slimmed network (built once per call) on sequential
+        images lo:hi, in batches of at most 1,000 as ``training.evaluate`` (of equal sizes: no
+        small last batch, whose products a BLAS may round differently)."""
+        from prunetax.metrics import slim
+
+        if j not in nets:
+            nets[j] = slim(self.model, self.masked.structure, keep[j].cpu()).eval()
+        seq, correct = self._order(), 0
+        nb = -(-(hi - lo) // 1000)
+        cuts = [lo + (i * (hi - lo)) // nb for i in range(nb + 1)]
+        for a, b in zip(cuts, cuts[1:]):
+            correct += int((nets[j](seq.x[a:b]).argmax(1) == seq.y[a:b]).sum().item())
+        return correct
+
+    def _masked_counts(self, keep: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Correct predictions [K] (on the device) of the masked network under each row of
+        ``keep`` on sequential images lo:hi, K masks per batched pass."""
+        seq, T = self._order(), hi - lo
+        out = []
+        per_pass = max(1, self.rows // T)
+        for k0 in range(0, len(keep), per_pass):
+            ks = keep[k0:k0 + per_pass]
+            K = len(ks)
+            correct = torch.zeros(K, device=self.device)
+            step = max(1, self.rows // K)
+            self.masked.set_keep(ks)
+            for i in range(lo, hi, step):
+                xb, yb = seq.x[i:min(hi, i + step)], seq.y[i:min(hi, i + step)]
+                pred = self.masked(xb.repeat(K, *([1] * (xb.dim() - 1)))).argmax(1).view(K, -1)
+                correct += (pred == yb[None]).sum(1)
+            out.append(correct)
+        return torch.cat(out)
+
+    def _accuracy_of(self, counts: list[int]) -> list[float]:
+        """Accuracies (%) of whole-test-set counts, computed as :meth:`accuracy` computes them."""
+        N = len(self.test_y)
+        if not counts:
+            return []
+        if self.batched_eval:
+            return (100.0 * torch.tensor(counts, dtype=torch.get_default_dtype(), device=self.device) / N).tolist()
+        return [100.0 * c / N for c in counts]
+
     @torch.no_grad()
     def losses(self, keep: torch.Tensor, x, y) -> torch.Tensor:
         """Mean eval-batch loss of each mask row (the oracle's criterion), [K]."""
@@ -189,6 +361,7 @@ class _Pruner:
             logits = self.masked(x.repeat(len(ks), *([1] * (x.dim() - 1))))
             loss = F.cross_entropy(logits, y.repeat(len(ks)), reduction="none").view(len(ks), -1).mean(1)
             out.append(loss)
+        self._count("oracle", keep, len(y))
         return torch.cat(out)
 
     def saliency_images(self, step: int):
@@ -202,8 +375,11 @@ class _Pruner:
             self._images = (step, self.eval_x[idx], self.eval_y[idx])
         return self._images[1:]
 
-    def unit_saliencies(self, metrics: list, keep: torch.Tensor, x, y) -> torch.Tensor:
-        """Unit saliency [K, U] of trajectory k under metric k, one signal pass per metric group."""
+    def unit_saliencies(self, metrics: list, keep: torch.Tensor, x, y, keys=None) -> torch.Tensor:
+        """Unit saliency [K, U] of trajectory k under metric k, one signal pass per metric group.
+
+        ``keys``: one hashable per row, equal for equal masks (None: every row its own). With
+        ``share``, the rows of a group's pass with equal keys are computed once."""
         K = len(metrics)
         out = torch.empty(K, self.U, dtype=torch.float64, device=self.device)
         groups: dict[tuple, list[int]] = {}
@@ -212,12 +388,117 @@ class _Pruner:
         cap = self.p.max_trajectories or K            # trajectories per pass: bounds the memory
         chunks = [g[c:c + cap] for g in groups.values() for c in range(0, len(g), cap)]
         for idx in chunks:
-            # the engine sets the masks, repeats the images per trajectory, splits them into passes
-            # that bound the per-image weight gradients, and skips the image pass for weight values
-            values = evaluate_metrics(self.masked, self.st, list(dict.fromkeys(metrics[k] for k in idx)),
-                                      lambda: [(x, y)], keep[idx], weight_grad_bytes=_WEIGHT_GRAD_BUDGET)
-            self._take(values, idx=idx, metrics=metrics, out=out)
+            group = list(dict.fromkeys(metrics[k] for k in idx))
+            if self.share and keys is not None and len(set(keys[k] for k in idx)) < len(idx):
+                self._shared_pass(group, idx, metrics, keep, x, y, [keys[k] for k in idx], out)
+            else:
+                self._unshared_pass(group, idx, metrics, keep, x, y, out)
         return out
+
+    def _shared_pass(self, group, idx, metrics, keep, x, y, keys, out) -> None:
+        """The pass of chunk ``idx`` of a signal group with one row per distinct mask (``keys``).
+
+        Each row is computed as in the unshared pass: the images go through in the unshared
+        pass's split (``images_per_pass`` of len(idx) rows), every image pass has at least
+        ``_SAME_PRODUCT_ROWS`` rows, the row count is that of the unshared pass modulo
+        ``_BLAS_BLOCK`` (repeated masks fill it), and the chunk's last trajectory has the last
+        row to itself; when that leaves nothing to save, the chunk runs unshared."""
+        from prunetax.metrics.engine import MetricEvaluator
+
+        dev = self.device
+
+        def evaluator(rows):
+            return MetricEvaluator(self.masked, self.st, group, keep[torch.tensor(rows, device=dev)],
+                                   weight_grad_bytes=_WEIGHT_GRAD_BUDGET)
+        first: dict = {}
+        slot = [first.setdefault(key, len(first)) for key in keys]           # row of each trajectory
+        rows = [idx[slot.index(j)] for j in range(len(first))]                # its first trajectory
+        ev = evaluator(rows)
+        n, K = len(y), len(idx)
+        if ev.needs_images:
+            unshared = copy.copy(ev)                                          # only asked its split
+            unshared.K = K
+            per = unshared.images_per_pass(n)
+            smallest = min(per, n % per or per)                               # images of the last pass
+            first = {}
+            slot = [first.setdefault(key, len(first)) for key in keys[:-1]]
+            rows = [idx[slot.index(j)] for j in range(len(first))]
+            need = max(len(rows) + 1, -(-_SAME_PRODUCT_ROWS // smallest))
+            R = need + (K - need) % _BLAS_BLOCK
+            if R >= K:                                                        # nothing to save
+                self._unshared_pass(group, idx, metrics, keep, x, y, out)
+                return
+            rows += [rows[0]] * (R - 1 - len(rows)) + [idx[-1]]
+            slot.append(R - 1)
+            ev = evaluator(rows)
+            for i in range(0, n, per):
+                ev.update(x[i:i + per], y[i:i + per])
+            self._count("saliency", ev.keep, n, unshared=keep[idx])
+        else:
+            ev.update()
+        values = ev.compute()
+        # trajectory idx[i] reads row slot[i] under its own metric; row_unit_saliency takes one
+        # metric per row, so a row's trajectories are read in layers (the i-th of each row)
+        by_row: dict[int, list[int]] = {}
+        for i, j in enumerate(slot):
+            by_row.setdefault(j, []).append(idx[i])
+        for layer in range(max(len(ks) for ks in by_row.values())):
+            picked = {j: ks[layer] for j, ks in by_row.items() if layer < len(ks)}
+            sal = values.row_unit_saliency([metrics[picked.get(j, idx[0])] for j in range(len(rows))])
+            out[torch.tensor(list(picked.values()), device=dev)] = \
+                sal[torch.tensor(list(picked), device=dev)].to(out.dtype)
+
+    def _unshared_pass(self, group, idx, metrics, keep, x, y, out) -> None:
+        """The pass of chunk ``idx`` of a signal group, one row per trajectory."""
+        # the engine sets the masks, repeats the images per trajectory, splits them into passes
+        # that bound the per-image weight gradients, and skips the image pass for weight values
+        read = []
+        rows = keep[idx]
+        values = evaluate_metrics(self.masked, self.st, group, lambda: read.append(1) or [(x, y)], rows,
+                                  weight_grad_bytes=_WEIGHT_GRAD_BUDGET)
+        self._take(values, idx=idx, metrics=metrics, out=out)
+        if read:
+            self._count("saliency", rows, len(y))
+
+    # -- counts of work -------------------------------------------------------------------------
+    def _count(self, kind: str, keep: torch.Tensor, images, unshared: torch.Tensor | None = None,
+               unshared_images=None) -> None:
+        """Count image-passes of ``kind``: ``images`` (an int, or one per row) through each row
+        of ``keep``, and, without sharing or early stops, ``unshared_images`` (default
+        ``images``) through each row of ``unshared`` (default ``keep``). MAC-weighted on the
+        device (no host transfer)."""
+        w = _WORK.index(kind)
+        unshared = keep if unshared is None else unshared
+        unshared_images = images if unshared_images is None else unshared_images
+        names = (f"{kind}_images", "test_images_exhaustive" if kind == "test" else f"{kind}_images_unshared")
+        for slot, (rows, imgs) in enumerate(((keep, images), (unshared, unshared_images))):
+            if len(rows) == 0:
+                continue
+            macs = self.st.counts(rows)[:, 2]
+            if isinstance(imgs, int):
+                self.cost[names[slot]] += imgs * len(rows)
+                self._macs[2 * w + slot] += macs.sum() * imgs
+            else:
+                self.cost[names[slot]] += sum(imgs)
+                self._macs[2 * w + slot] += (macs * torch.tensor(imgs, dtype=macs.dtype, device=macs.device)).sum()
+
+    def work(self) -> dict:
+        """``cost`` and the MAC-weighted image-passes (``<kind>_macs``: images x the MACs of the
+        mask each went through; one host transfer)."""
+        macs = self._macs.tolist()
+        out = dict(self.cost)
+        for w, kind in enumerate(_WORK):
+            out[f"{kind}_macs"] = macs[2 * w]
+            out[f"{kind}_macs_exhaustive" if kind == "test" else f"{kind}_macs_unshared"] = macs[2 * w + 1]
+        return out
+
+    def work_state(self) -> dict:
+        return {"cost": dict(self.cost), "macs": self._macs.clone()}
+
+    def load_work_state(self, state: dict | None) -> None:
+        if state is not None:
+            self.cost.update({k: int(v) for k, v in state["cost"].items()})
+            self._macs = state["macs"].to(self.device, torch.float64, copy=True)
 
     def _take(self, values, idx, metrics, out) -> None:
         """Unit saliencies of the group's rows (``values``: the engine's MetricValues), each
@@ -226,13 +507,61 @@ class _Pruner:
         out[torch.tensor(idx, device=out.device)] = rows.to(out.device)
 
 
+def _count_of(accuracy: float, N: int) -> int:
+    """The correct images behind a whole-test-set accuracy (%)."""
+    return int(round(accuracy * N / 100.0))
+
+
+def _kl(p: float, q: float) -> float:
+    """Kullback-Leibler divergence of Bernoulli(p) from Bernoulli(q)."""
+    if q <= 0.0:
+        return math.inf if p > 0.0 else 0.0
+    if q >= 1.0:
+        return math.inf if p < 1.0 else 0.0
+    out = 0.0
+    if p > 0.0:
+        out += p * math.log(p / q)
+    if p < 1.0:
+        out += (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
+    return out
+
+
+def _decide(c: int, n: int, N: int, cstar: int, log_bound: float | None) -> bool | None:
+    """Whether a mask with ``c`` correct among the first ``n`` of ``N`` test images is above the
+    target (its whole-set count reaches ``cstar``): True, False, or None while undecided.
+
+    Certain: ``c >= cstar`` (above whatever the rest gives) or ``c + N - n < cstar`` (below even
+    if all the rest are right). With ``log_bound`` = log(checks / delta), also when the images
+    read make the other side unlikely: under a uniformly random order, c is hypergeometric, and
+    P(c/n >= x) <= exp(-n KL(x || p)) for x > p (Hoeffding 1963, sampling without replacement,
+    section 6); so deciding "above" when n KL(c/n || (cstar - 1)/N) >= log_bound, or "below"
+    when n KL(c/n || cstar/N) >= log_bound, is wrong with probability at most delta / checks at
+    each check, delta over all of them."""
+    if c >= cstar:
+        return True
+    if c + (N - n) < cstar:
+        return False
+    if log_bound is None or n == 0:
+        return None
+    p = c / n
+    if p > (cstar - 1) / N and n * _kl(p, (cstar - 1) / N) >= log_bound:
+        return True
+    if p < cstar / N and n * _kl(p, cstar / N) >= log_bound:
+        return False
+    return None
+
+
 def _crossing(traj: Trajectory, target: float):
-    """Interpolated (conv %, channels %, MACs %) where accuracy crosses ``target``, and the step."""
-    steps = sorted(traj.accuracy)
+    """Interpolated (conv %, channels %, MACs %) where accuracy crosses ``target``, and the step.
+
+    Steps decided early (``traj.early``) count on their side; the first step below and the
+    step before it must have whole-test-set accuracies (``_settle`` completes them)."""
     prev = None
-    for s in steps:
-        a = traj.accuracy[s]
-        if a < target:
+    for s in sorted(set(traj.accuracy) | set(traj.early)):
+        if not _above(traj, s, target):
+            if s not in traj.accuracy or (prev is not None and prev not in traj.accuracy):
+                raise PrunetaxError(f"step {s} or the one before was tested on part of the test set only")
+            a = traj.accuracy[s]
             if prev is None:
                 return traj.rates[s], s
             a0, r0, r1 = traj.accuracy[prev], traj.rates[prev], traj.rates[s]
@@ -240,6 +569,56 @@ def _crossing(traj: Trajectory, target: float):
             return tuple(x0 + t * (x1 - x0) for x0, x1 in zip(r0, r1)), s
         prev = s
     return None, None
+
+
+def _above(t: Trajectory, s: int, target: float) -> bool:
+    """Whether step ``s`` (tested) is at or above the target: its accuracy, or its early decision."""
+    return t.accuracy[s] >= target if s in t.accuracy else t.early[s]
+
+
+def _record(t: Trajectory, s: int, got: tuple) -> None:
+    """Keep the outcome ``(correct, images, above, accuracy)`` of step ``s``'s test pass."""
+    correct, images, above, accuracy = got
+    t.tested[s] = (int(correct), int(images))
+    if accuracy is None:
+        t.early[s] = bool(above)
+    else:
+        t.accuracy[s] = accuracy
+        t.early.pop(s, None)
+
+
+def _mask(pr: "_Pruner", t: Trajectory, steps: list[int]) -> torch.Tensor:
+    """The keep masks of ``t`` after each of ``steps``, [len(steps), U]."""
+    masks = torch.ones(len(steps), pr.U, dtype=torch.bool, device=pr.device)
+    for row, s in enumerate(steps):
+        masks[row, t.removed[: t.step_end[s]]] = False
+    return masks
+
+
+def _settle(pr: "_Pruner", trajs: list[Trajectory], target: float) -> None:
+    """Complete on the whole test set what each trajectory's scores read: its first step below
+    the target, the step before it, and its last tested step (``final_accuracy``), for all of
+    ``trajs`` in one test call. A completed step that turns out on the other side of its early
+    decision (probability at most ``sequential_delta`` each) moves the crossing; the loop then
+    completes what the new one reads."""
+    while True:
+        todo = []
+        for t in trajs:
+            steps = sorted(set(t.accuracy) | set(t.early))
+            need = {steps[-1]}
+            for i, s in enumerate(steps):
+                if not _above(t, s, target):
+                    need.update(steps[max(0, i - 1):i + 1])
+                    break
+            todo += [(t, s) for s in sorted(need) if s in t.early]
+        if not todo:
+            return
+        masks = torch.cat([_mask(pr, t, [s]) for t, s in todo])
+        got = pr.test(masks, None, sequential=True, start=[t.tested[s] for t, s in todo])
+        for (t, s), g in zip(todo, got):
+            if (g[3] >= target) != t.early[s]:
+                pr.cost["test_decisions_reversed"] += 1
+            _record(t, s, g)
 
 
 class Pruning:
@@ -272,6 +651,9 @@ class Pruning:
         self.gen = torch.Generator().manual_seed(pruner.seed)         # random and the oracle's candidates
         for t in self.active:
             t.accuracy[0] = baseline_accuracy
+        # retraining changes the network after each step: a step's accuracy could not be
+        # completed later, so the retraining modes test every step on the whole test set
+        self.sequential = self.p.sequential_test and self.p.mode == "none"
         self.step_no = 0
         self.pending = list(range(len(self.active)))                 # indices into ``active``
         self.last_accuracies = [baseline_accuracy]
@@ -284,7 +666,7 @@ class Pruning:
         the saliency images, drawn from (seed, step)."""
         return {"step": self.step_no, "keep": self.keep.clone(), "pending": list(self.pending),
                 "gen": self.gen.get_state(), "last_accuracies": self.last_accuracies,
-                "trajectories": [t.state_dict() for t in self.active]}
+                "trajectories": [t.state_dict() for t in self.active], "work": self.pr.work_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (:meth:`state_dict` of a Pruning of the same network, metrics
@@ -299,6 +681,7 @@ class Pruning:
         self.pending = [int(k) for k in state["pending"]]
         self.gen.set_state(state["gen"])
         self.last_accuracies = list(state["last_accuracies"])
+        self.pr.load_work_state(state.get("work"))                  # absent in older states
 
     def run(self) -> list[Trajectory]:
         """Step until no trajectory is pending; the trajectories of every metric asked for."""
@@ -333,7 +716,7 @@ class Pruning:
         if need_sal:
             x, y = pr.saliency_images(step)
             sal = pr.unit_saliencies([active[k].run_metric for _, k in need_sal],
-                                     keep[[k for _, k in need_sal]], x, y)
+                                     keep[[k for _, k in need_sal]], x, y, self._keys([k for _, k in need_sal]))
             if p.one_shot:                        # rank once: position in the baseline's order
                 for j, (i, k) in enumerate(need_sal):
                     order = torch.argsort(sal[j], stable=True)
@@ -374,10 +757,17 @@ class Pruning:
             self.active[k].removed.extend(v for v in picked[i] if v >= 0)
             self.active[k].step_end.append(len(self.active[k].removed))
 
+    def _keys(self, ks: list[int]) -> list | None:
+        """One key per trajectory of ``ks``, equal for equal keep masks (its removed units; the
+        host knows them, so no device transfer), or None when masks are not shared."""
+        return [frozenset(self.active[k].removed) for k in ks] if self.pr.share else None
+
     def _measure(self, P: torch.Tensor) -> None:
         """Rates after the step; test accuracy on the schedule (every ``stride`` steps, and for a
         trajectory with nothing left to remove); a trajectory below the target is refined inside
-        its bracket and, like one with nothing left, leaves ``pending``."""
+        its bracket and, like one with nothing left, leaves ``pending``. With the sequential
+        test a mask is tested until its side of the target is decided, and what the scores read
+        is completed on the whole test set (``_settle``)."""
         pr, active, pending, step = self.pr, self.active, self.pending, self.step_no
         rates, left = pr.rates(self.keep[P], with_left=True)
         for k, r in zip(pending, rates):
@@ -385,19 +775,25 @@ class Pruning:
         exhausted = {k for k, more in zip(pending, left) if not more}
         due = [k for k in pending if step % self.stride == 0 or k in exhausted]
         if due:
-            self.last_accuracies = pr.accuracy(self.keep[due])
-            for k, a in zip(due, self.last_accuracies):
-                active[k].accuracy[step] = a
+            got = pr.test(self.keep[due], self.target, self._keys(due), self.sequential)
+            self.last_accuracies = [g[3] if g[3] is not None else 100.0 * g[0] / max(1, g[1]) for g in got]
+            for k, g in zip(due, got):
+                _record(active[k], step, g)
+        leaving = []
         for k in list(pending):
             t = active[k]
-            if step in t.accuracy and t.accuracy[step] < self.target:
+            if (step in t.accuracy or step in t.early) and not _above(t, step, self.target):
                 if self.stride > 1:
-                    _refine(pr, t, step, self.stride, self.target)
+                    _refine(pr, t, step, self.stride, self.target, self.sequential)
                 t.crossed, t.done = True, True
-                pending.remove(k)
             elif k in exhausted:
                 t.done = True
-                pending.remove(k)
+            else:
+                continue
+            pending.remove(k)
+            leaving.append(t)
+        if leaving and self.sequential:
+            _settle(pr, leaving, self.target)
 
     def results(self) -> list[Trajectory]:
         """One trajectory per metric asked for; equivalent metrics share the run's trajectory."""
@@ -407,6 +803,7 @@ class Pruning:
             if src is not t:
                 t.removed, t.step_end, t.rates = src.removed, src.step_end, src.rates
                 t.accuracy, t.crossed, t.done = src.accuracy, src.crossed, True
+                t.tested, t.early = src.tested, src.early
         return self.trajectories
 
 
@@ -479,7 +876,8 @@ class CellPruning:
     """
 
     def __init__(self, model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
-                 baseline_accuracy: float, progress=None, evaluator=None):
+                 baseline_accuracy: float, progress=None, evaluator=None, share: bool = True):
+        self.share = share
         self.retraining = protocol.mode != "none"
         if self.retraining and not hasattr(data, "train_x"):
             raise PrunetaxError(f"mode {protocol.mode!r} needs the training split")
@@ -491,15 +889,16 @@ class CellPruning:
             raise PrunetaxError("the cell has no metrics")
         self.completed: list[Trajectory] = []       # the finished groups' trajectories
         self._completed_state: list[dict] = []      # and their states (they no longer change)
+        self._completed_work: dict = {}             # and their work (_Pruner.work)
         self._start(0)
 
     @classmethod
-    def of(cls, setup, progress=None, evaluator=None) -> "CellPruning":
+    def of(cls, setup, progress=None, evaluator=None, share: bool = True) -> "CellPruning":
         """The pruning of a prepared cell (``prunetax.benchmarks.setup.prepare_cell``): its metrics
         and protocol, on its network, data, seed, device and baseline accuracy."""
         c = setup.cell
         return cls(setup.model, setup.structure, setup.masked, setup.data, c.metrics, c.protocol, c.seed,
-                   setup.device, setup.baseline_accuracy, progress, evaluator)
+                   setup.device, setup.baseline_accuracy, progress, evaluator, share)
 
     def _start(self, index: int) -> None:
         """Set up group ``index``'s loop (with retraining: on a fresh copy of the network)."""
@@ -508,11 +907,11 @@ class CellPruning:
             self.hook = Retraining(self.model, self.masked, self.data, self.p, self.seed, index,
                                    self.p.target(self.baseline))
             pr = _Pruner(self.hook.net.eval(), self.structure, self.hook.masked, self.data, self.p, self.seed,
-                         self.device, self.evaluator)
+                         self.device, self.evaluator, self.share)
         else:
             self.hook = None
             pr = _Pruner(self.model, self.structure, self.masked, self.data, self.p, self.seed, self.device,
-                         self.evaluator)
+                         self.evaluator, self.share)
         self.pruning = Pruning(pr, self.groups[index], self.baseline, self.progress, after_step=self.hook)
 
     @property
@@ -527,6 +926,7 @@ class CellPruning:
             finished = self.pruning.results()
             self.completed += finished
             self._completed_state += [t.state_dict() for t in finished]
+            self._completed_work = _add(self._completed_work, self.pruning.pr.work())
             self._start(self.index + 1)
 
     def run(self) -> list[Trajectory]:
@@ -539,11 +939,17 @@ class CellPruning:
         """One trajectory per metric asked for, in order."""
         return self.completed + self.pruning.results()
 
+    def work(self) -> dict:
+        """The image-passes of every loop so far (``_Pruner.work``): run, and without sharing or
+        early stops (``test_images_exhaustive``: every test on the whole test set)."""
+        return _add(self._completed_work, self.pruning.pr.work())
+
     def state_dict(self) -> dict:
         """The run after its last step: the finished groups' trajectories, the current group's
         index and its :class:`Pruning` and :class:`Retraining` states (None before its first step)."""
         fresh = self.pruning.step_no == 0
         return {"index": self.index, "completed": list(self._completed_state),
+                "completed_work": dict(self._completed_work),
                 "pruning": None if fresh else self.pruning.state_dict(),
                 "retraining": None if fresh or self.hook is None else self.hook.state_dict()}
 
@@ -559,6 +965,7 @@ class CellPruning:
         for t, s in zip(completed, state["completed"]):
             t.load_state_dict(s, self.device)
         self.completed, self._completed_state = completed, list(state["completed"])
+        self._completed_work = dict(state.get("completed_work", {}))    # absent in older states
         self._start(index)
         if state["pruning"] is not None:
             self.pruning.load_state_dict(state["pruning"])
@@ -567,7 +974,7 @@ class CellPruning:
 
 
 def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, seed: int, device,
-          baseline_accuracy: float, progress=None, evaluator=None) -> list[Trajectory]:
+          baseline_accuracy: float, progress=None, evaluator=None, share: bool = True) -> list[Trajectory]:
     """Run every metric's trajectory to its crossing; returns the trajectories (one per metric).
 
     Mode ``none``: one :class:`Pruning` of all metrics at once. ``characterise`` / ``retrain``:
@@ -575,36 +982,42 @@ def prune(model, structure, masked, data, metrics_texts, protocol: Protocol, see
     :class:`Retraining` hook and the ``exact`` schedule.
     ``evaluator``: ``"masked"`` (K masks per batched pass; the default on GPU), ``"slim"`` (each
     mask's slimmed network; the default on CPU) or None. Both give the same accuracies.
+    ``share``: trajectories with equal masks share their saliency and test passes (the same
+    results; False runs one of each per trajectory).
     :func:`prune_cell` runs it on a :class:`~prunetax.benchmarks.setup.CellSetup`; both are
     :meth:`CellPruning.run`.
     """
     return CellPruning(model, structure, masked, data, metrics_texts, protocol, seed, device, baseline_accuracy,
-                       progress, evaluator).run()
+                       progress, evaluator, share).run()
 
 
-def prune_cell(setup, progress=None, evaluator=None) -> list[Trajectory]:
+def prune_cell(setup, progress=None, evaluator=None, share: bool = True) -> list[Trajectory]:
     """:func:`prune` on a prepared cell (``prunetax.benchmarks.setup.prepare_cell``): its metrics
     and protocol, on its network, data, seed, device and baseline accuracy."""
-    return CellPruning.of(setup, progress, evaluator).run()
+    return CellPruning.of(setup, progress, evaluator, share).run()
 
 
-def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float) -> None:
-    """Evaluate every step inside (step - stride, step) in one batched pass."""
+def _add(a: dict, b: dict) -> dict:
+    """Two work dicts (``_Pruner.work``) added key by key."""
+    return {k: a.get(k, 0) + b.get(k, 0) for k in dict.fromkeys(list(a) + list(b))}
+
+
+def _refine(pr: _Pruner, t: Trajectory, step: int, stride: int, target: float, sequential: bool = False) -> None:
+    """Test every step inside (step - stride, step): on a CPU left to right up to the first one
+    below the target, on a GPU the whole bracket in one batched pass."""
     lo = max(0, step - stride)
-    inner = [s for s in range(lo + 1, step) if s not in t.accuracy]
+    inner = [s for s in range(lo + 1, step) if s not in t.accuracy and s not in t.early]
     if not inner:
         return
-    masks = torch.ones(len(inner), pr.U, dtype=torch.bool, device=pr.device)
-    for row, s in enumerate(inner):
-        masks[row, t.removed[: t.step_end[s]]] = False
+    masks = _mask(pr, t, inner)
     if not pr.batched_eval:   # one row at a time anyway: scan left to right, stop at the first crossing
         for row, s in enumerate(inner):
-            t.accuracy[s] = pr.accuracy(masks[row:row + 1])[0]
-            if t.accuracy[s] < target:
+            _record(t, s, pr.test(masks[row:row + 1], target, sequential=sequential)[0])
+            if not _above(t, s, target):
                 return
         return
-    for s, a in zip(inner, pr.accuracy(masks)):   # GPU: the whole bracket in one batched pass
-        t.accuracy[s] = a
+    for s, g in zip(inner, pr.test(masks, target, sequential=sequential)):   # GPU: one batched pass
+        _record(t, s, g)
 
 
 def _oracle_scores(pr: _Pruner, keep_row, rem_row, step, gen) -> torch.Tensor:
@@ -644,7 +1057,6 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
     A baseline whose accuracy target is not above chance stops the cell with a one-line error
     (``setup.check_baseline``) unless ``allow_weak_baseline``.
     """
-    from prunetax.benchmarks.results import score_row, trajectory_rows
     from prunetax.benchmarks.setup import Env, prepare_cell
 
     start = time.perf_counter()
@@ -692,18 +1104,27 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
     finally:
         if bar is not None:
             bar.close()
-    trajs = run.results()
     wall = before + time.perf_counter() - start
-    baseline = setup.baseline_accuracy
+    rows, traj_rows = cell_rows(setup, run, wall)
+    return CellResult(cell, rows, traj_rows, wall)
+
+
+def cell_rows(setup, run: CellPruning, wall: float) -> tuple[list[dict], list[dict]]:
+    """The scores rows (one per metric) and trajectories rows of a finished ``run`` of the
+    prepared cell ``setup`` (``prunetax.benchmarks.results``), ``wall`` seconds long."""
+    from prunetax.benchmarks.results import score_row, trajectory_rows
+
+    cell, baseline = setup.cell, setup.baseline_accuracy
     target = cell.protocol.target(baseline)
+    work = run.work()
     rows, traj_rows = [], []
-    for t in trajs:
+    for t in run.results():
         crossing, cstep = _crossing(t, target)
         if crossing is None:       # never fell below the target: report the final rate
             crossing, cstep = t.rates[-1], len(t.rates) - 1
-        rows.append(score_row(cell, t, crossing, cstep, baseline, setup.device, wall, info=setup.info))
+        rows.append(score_row(cell, t, crossing, cstep, baseline, setup.device, wall, info=setup.info, work=work))
         traj_rows += trajectory_rows(cell, t)
-    return CellResult(cell, rows, traj_rows, wall)
+    return rows, traj_rows
 
 
 def _show(bar, run: CellPruning) -> None:

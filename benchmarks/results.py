@@ -48,12 +48,14 @@ SCORE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (       # one row per metric
     ("schedule", _STR), ("mode", _STR), ("protocol", _STR),
     ("prunetax_version", _STR), ("torch_version", _STR), ("device", _STR), ("wall_seconds", _FLT),
     ("baseline_digest", _STR), ("recipe_hash", _STR), ("recipe", _STR),  # null in folders written before them
+    ("test_images_evaluated", _INT), ("test_images_exhaustive", _INT),   # the cell's test image-passes
 )
 TRAJECTORY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (  # one row per pruning step of each metric
     ("cell_id", _STR), ("metric_id", _STR), ("network", _STR), ("dataset", _STR), ("seed", _INT),
     ("step", _INT), ("unit", _INT),
     ("conv_weights_removed_pct", _FLT), ("channels_removed_pct", _FLT), ("macs_removed_pct", _FLT),
     ("accuracy", _FLT),
+    ("test_images", _INT), ("test_correct", _INT),     # null in folders written before them
 )
 ROW_COLUMNS = tuple(name for name, _ in SCORE_FIELDS)
 TRAJECTORY_COLUMNS = tuple(name for name, _ in TRAJECTORY_FIELDS)
@@ -92,12 +94,14 @@ def _baseline_columns(info: dict | None) -> dict:
 
 
 def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, device, wall: float,
-              info: dict | None = None) -> dict:
+              info: dict | None = None, work: dict | None = None) -> dict:
     """The scores row of one metric of ``cell``: ``trajectory`` (``protocol.Trajectory``) read at
     ``crossing`` (conv %, channels %, MACs % where accuracy crossed the target, or the final rate),
     reached at step ``steps``; ``baseline``: the baseline's test accuracy; ``info``: the baseline's
     info (``train_baseline``'s: its ``digest`` and ``recipe`` fill ``baseline_digest``,
-    ``recipe_hash`` and ``recipe``; None leaves them null)."""
+    ``recipe_hash`` and ``recipe``; None leaves them null); ``work``: the cell's image-passes
+    (``CellPruning.work()``: its ``test_images`` and ``test_images_exhaustive`` fill
+    ``test_images_evaluated`` and ``test_images_exhaustive``; None leaves them null)."""
     import torch
 
     from prunetax.benchmarks._version import __version__
@@ -124,14 +128,19 @@ def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, dev
            "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
            "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
            "prunetax_version": __version__, "torch_version": torch.__version__,
-           "device": str(device), "wall_seconds": wall, **_baseline_columns(info)}
+           "device": str(device), "wall_seconds": wall, **_baseline_columns(info),
+           "test_images_evaluated": None if work is None else work["test_images"],
+           "test_images_exhaustive": None if work is None else work["test_images_exhaustive"]}
     return _in_order(row, ROW_COLUMNS)
 
 
 def trajectory_rows(cell: Cell, trajectory) -> list[dict]:
-    """The trajectories rows of one metric of ``cell``: one per pruning step (accuracy None on
-    steps the schedule did not evaluate; ``unit``: the step's first unit, -1 if none)."""
+    """The trajectories rows of one metric of ``cell``: one per pruning step (``unit``: the step's
+    first unit, -1 if none). ``accuracy``: on the whole test set, None on steps the schedule did
+    not test or the sequential test decided on part of it; ``test_images`` / ``test_correct``:
+    the images the step's test read and how many it got right (None when not tested)."""
     t = trajectory
+    tested = getattr(t, "tested", {})
     out = []
     for s in range(1, len(t.rates)):
         units = t.removed[t.step_end[s - 1]:t.step_end[s]]
@@ -139,7 +148,9 @@ def trajectory_rows(cell: Cell, trajectory) -> list[dict]:
             "cell_id": cell.id, "metric_id": t.name, "network": cell.network, "dataset": cell.dataset,
             "seed": cell.seed, "step": s, "unit": units[0] if units else -1,
             "conv_weights_removed_pct": t.rates[s][0], "channels_removed_pct": t.rates[s][1],
-            "macs_removed_pct": t.rates[s][2], "accuracy": t.accuracy.get(s)}, TRAJECTORY_COLUMNS))
+            "macs_removed_pct": t.rates[s][2], "accuracy": t.accuracy.get(s),
+            "test_images": tested.get(s, (None, None))[1], "test_correct": tested.get(s, (None, None))[0]},
+            TRAJECTORY_COLUMNS))
     return out
 
 

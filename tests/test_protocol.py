@@ -1,5 +1,6 @@
 """The pruning protocol: batched equals one-at-a-time, fast equals exact, crossings by hand."""
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ from prunetax.benchmarks.protocol import Pruning, Trajectory, _crossing, _Pruner
 from prunetax.benchmarks.setup import Env, prepare_cell
 from prunetax.metrics import MaskedModel, analyze, saliencies
 from prunetax.taxonomy import parse_metric
+from prunetax.taxonomy.errors import PrunetaxError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,7 +76,7 @@ def test_fast_equals_exact_within_one_step(trained):
         assert s_exact is not None and abs(s_exact - s_fast) <= 1, m
         if s_exact == s_fast:
             assert r_fast == pytest.approx(r_exact)
-        assert len(fast[m].accuracy) < len(exact[m].accuracy) or len(exact[m].accuracy) < 30
+        assert len(fast[m].tested) < len(exact[m].tested) or len(exact[m].tested) < 30
 
 
 def test_crossing_is_linear_interpolation_by_hand():
@@ -210,10 +212,17 @@ def test_a_step_costs_a_constant_number_of_host_syncs_and_no_host_tensors(traine
 
     metrics = METRICS + ["weight-value-l1-none", "activation-taylor-abs_sum-weights_removed-domino_io"]
     with Audit(op_sites=False) as a:
-        run, _ = _run(trained, metrics, schedule="exact", evaluator="masked", threshold=2.0)
+        run, _ = _run(trained, metrics, schedule="exact", evaluator="masked", threshold=2.0, sequential_test=False)
     steps = max(len(t.step_end) - 1 for t in run.values())
     assert a.factory_count == 0, a.factories
     assert steps > 5 and a.sync_count <= 3 * steps + 10, (steps, a.syncs.most_common(8))
+    # the sequential test: one transfer per chunk of test images read (7 chunks of the 200 here),
+    # and as many again for the steps completed when trajectories leave
+    with Audit(op_sites=False) as a:
+        run, _ = _run(trained, metrics, schedule="exact", evaluator="masked", threshold=2.0)
+    steps = max(len(t.step_end) - 1 for t in run.values())
+    assert a.factory_count == 0, a.factories
+    assert steps > 5 and a.sync_count <= (2 + 2 * 7) * steps + 10, (steps, a.syncs.most_common(8))
     with Audit(op_sites=False) as a:                  # the oracle and one-shot paths: no host tensors
         _run(trained, ["oracle", "weight-value-l1-none"], schedule="fast", evaluator="masked", threshold=2.0,
              oracle_candidates=4)
@@ -239,3 +248,134 @@ def test_cuda_run_equals_cpu_run(trained):
         assert gpu[m].removed == cpu[m].removed, m
         for s in cpu[m].accuracy:
             assert gpu[m].accuracy.get(s, cpu[m].accuracy[s]) == pytest.approx(cpu[m].accuracy[s], abs=1e-9), (m, s)
+
+
+# -- issue 13: shared masks and the sequential test ---------------------------------------------------
+
+SHARED = ["weight-gradient-l1-none", "weight-gradient-l2-weights_removed", "activation-taylor-abs_sum-elements",
+          "activation-taylor-l2-none", "weight-value-l1-none", "weight-value-l2-none",
+          "activation-value-l1-elements"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shared_saliency_passes_equal_one_row_per_trajectory(trained, threads, dtype):
+    """Trajectories with equal masks share one row of their signal group's pass (weight
+    gradients split into passes of 5 images here, weight values, activations), and each gets
+    the bits of its own row in the unshared pass, in float32 and float64, on 1 and 2 threads;
+    the shared pass reads fewer image-rows."""
+    model, st, data, _, masked = trained
+    model = copy.deepcopy(model).to(dtype)
+    masked = MaskedModel(model, masked.structure)
+    x, y = data.eval_x[:45].to(dtype), data.eval_y[:45]
+    g = torch.Generator().manual_seed(3)
+    scored = torch.nonzero(_Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu")).scored).flatten()
+    masks = torch.ones(4, st.num_units, dtype=torch.bool)
+    for r in range(1, 4):
+        masks[r, scored[torch.randperm(len(scored), generator=g)[:3 * r]]] = False
+    ms = [parse_metric(m) for m in SHARED for _ in range(6)]     # 42 trajectories, 6 per metric
+    n = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for pick in ([0, 1] * 15 + [2, 3, 3] * 4, [0] * 42):   # 2 masks per signal group; 1
+            keep = masks[pick]
+            keys = [frozenset(torch.nonzero(~row).flatten().tolist()) for row in keep]
+            alone = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"), share=False)
+            shared = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
+            a, b = alone.unit_saliencies(ms, keep, x, y), shared.unit_saliencies(ms, keep, x, y, keys)
+            assert torch.equal(a, b), (pick, (a != b).any(1).nonzero().flatten().tolist())
+            assert shared.cost["saliency_images"] < alone.cost["saliency_images"]
+            assert shared.cost["saliency_images_unshared"] == alone.cost["saliency_images"]
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_decide_by_hand_and_the_bound_holds():
+    from prunetax.benchmarks.protocol import _decide
+
+    N, cstar = 1000, 900                                  # above the target: at least 900 of 1,000 right
+    assert _decide(900, 950, N, cstar, None) is True      # certain: 900 already
+    assert _decide(10, 150, N, cstar, None) is False      # certain: at most 10 + 850 = 860
+    assert _decide(140, 150, N, cstar, None) is None      # 93 % of 150: not certain
+    assert _decide(149, 150, N, cstar, 0.0) is True       # any evidence will do with log_bound 0
+    assert _decide(149, 150, N, cstar, math.log(10 / 1e-9)) is None   # 99.3 % of 150: not enough
+    assert _decide(495, 500, N, cstar, math.log(10 / 1e-9)) is True   # 99 % of 500: 500 KL(0.99||0.899) = 36 > 23
+    # the bound, by simulation: a mask just below the target (899 right) tested in random orders
+    # at checkpoints 100, 200, ...: wrong "above" decisions at most delta of the time
+    delta, trials = 0.2, 2000
+    log_bound = math.log(10 / delta)
+    g = torch.Generator().manual_seed(0)
+    right = torch.zeros(N, dtype=torch.long)
+    right[:899] = 1
+    wrong = 0
+    for _ in range(trials):
+        seen = right[torch.randperm(N, generator=g)].cumsum(0)
+        for n in range(100, N + 1, 100):
+            side = _decide(int(seen[n - 1]), n, N, cstar, log_bound)
+            if side is not None:
+                wrong += side
+                break
+    assert wrong / trials <= delta
+
+
+def test_sequential_test_and_shared_masks_give_the_exhaustive_crossings(trained):
+    """Metrics whose masks coincide, a test set of 1,000 images and a target 20 points down:
+    the sequential test stops most tests early, sharing merges equal masks, and every
+    trajectory removes the same units and reads the same crossing and final accuracy as one
+    pass per trajectory on the whole test set."""
+    from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.protocol import CellPruning
+    from prunetax.benchmarks.results import trajectory_rows
+
+    from prunetax.benchmarks.training import evaluate
+
+    model, st, small, _, masked = trained
+    model = copy.deepcopy(model).float()                 # the cells' precision
+    masked = MaskedModel(model, masked.structure)
+    d = load_dataset("mnist", eval_size=5000, seed=0)
+    data = SimpleNamespace(eval_x=small.eval_x.float(), eval_y=small.eval_y, test_x=d.test_x[:1000],
+                           test_y=d.test_y[:1000])
+    base = evaluate(model, data.test_x, data.test_y)
+    metrics = [f"activation-taylor-{r}-{c}" for r in ("l1", "l2") for c in ("none", "elements", "layer_l1")]
+    metrics += ["weight-gradient-l1-none", "weight-gradient-l2-none", "weight-value-l1-none", "random"]
+    runs = {}
+    for share, seq in ((False, False), (True, True)):
+        p = Protocol(saliency_batches=1, batch_size=16, threshold=20.0, schedule="exact", units_per_step=3,
+                     sequential_test=seq)
+        run = CellPruning(model, st, masked, data, metrics, p, 0, torch.device("cpu"), base, share=share)
+        runs[share] = ({t.name: t for t in run.run()}, run.work())
+    (off, w_off), (on, w_on) = runs[False], runs[True]
+    target = base - 20.0
+    for m in metrics:
+        assert on[m].removed == off[m].removed, m
+        assert _crossing(on[m], target) == _crossing(off[m], target), m
+        last = max(off[m].accuracy)
+        assert on[m].accuracy[last] == off[m].accuracy[last] and max(on[m].accuracy) == last, m
+        assert all(on[m].tested[s][1] == 1000 for s in on[m].accuracy if s > 0), m     # whole-set only
+        assert set(on[m].tested) == set(off[m].tested), m                               # the same steps tested
+    early = [(m, s) for m in metrics for s in on[m].early]
+    assert len(early) > 20 and all(on[m].tested[s][1] < 1000 for m, s in early)
+    assert w_off["test_images"] == w_on["test_images_exhaustive"]
+    assert w_on["test_images"] < 0.75 * w_on["test_images_exhaustive"]
+    assert w_on["saliency_images"] < w_off["saliency_images"] == w_on["saliency_images_unshared"]
+    assert w_on["test_decisions_reversed"] == 0
+    cell = Cell("lenet5", "mnist", 0, tuple(metrics), Protocol())
+    m, s = early[0]
+    rows = trajectory_rows(cell, on[m])
+    row = rows[s - 1]
+    assert row["accuracy"] is None and row["test_images"] == on[m].tested[s][1] < 1000
+    assert row["test_correct"] == on[m].tested[s][0]
+
+
+def test_new_protocol_options_keep_the_cell_ids():
+    """Options added for issue 13 are hashed only when set: a default cell keeps the id it had."""
+    cell = Cell("lenet5", "mnist", 0, ("weight-value-l1-none", "random"), Protocol(test_images=100, schedule="exact"),
+                epochs=1, train_limit=2000)
+    assert cell.id == "lenet5_mnist_s0_67d61a274aa0"                  # computed before the options existed
+    off = Cell("lenet5", "mnist", 0, ("weight-value-l1-none", "random"),
+               Protocol(test_images=100, schedule="exact", sequential_test=False), epochs=1, train_limit=2000)
+    assert off.id != cell.id and Protocol.from_dict(off.protocol.to_dict()) == off.protocol
+    assert "sequential_test" not in cell.protocol.to_dict()
+    assert Protocol.from_dict(cell.protocol.to_dict()) == cell.protocol
+    with pytest.raises(PrunetaxError):
+        Protocol(sequential_delta=1.0)
