@@ -8,7 +8,9 @@ title names them):
 - ``accuracy``: test accuracy against % conv weights removed for chosen metrics (default: the
   group's top 5 that crossed, ``random`` and ``oracle``), one curve per seed starting at the
   baseline (0 % removed); colour and marker per metric, line style per seed; each seed's
-  accuracy target as a grey line in that seed's style; a note names curves that coincide;
+  accuracy target as a grey line in that seed's style; a note names curves that coincide; a step
+  the sequential test decided on part of the test set is drawn at its accuracy on the images
+  it read (``test_correct / test_images``), and a note says how many such points there are;
 - ``reduction_scaling`` / ``pointwise_input``: mean rate by reduction x scaling and by pointwise
   function x base input (grouped bars, as the taxonomy paper) over the single-spec metrics with
   channel structure: each bar the mean of its metrics' mean rates, error bar +-1 sd over those
@@ -96,12 +98,28 @@ def _layout(fig, notes: int, warn: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # accuracy against rate
 
+def _point(t: dict) -> float | None:
+    """A trajectory row's accuracy (%): on the whole test set, or, where the sequential test
+    stopped early, on the images its test read (``test_correct / test_images``); None untested."""
+    if t["accuracy"] is not None:
+        return t["accuracy"]
+    if t.get("test_images"):
+        return 100.0 * t["test_correct"] / t["test_images"]
+    return None
+
+
+def _partial_points(traj: list[dict], chosen: Sequence[str]) -> int:
+    """How many of the chosen metrics' drawn points were tested on part of the test set."""
+    return sum(1 for t in traj if t["metric_id"] in chosen and t["accuracy"] is None and t.get("test_images"))
+
+
 def _curves(traj: list[dict], base: dict[tuple, float], metric: str) -> dict[int, list[tuple[float, float]]]:
-    """seed -> [(rate, accuracy)] from the baseline (0, its accuracy) on, evaluated steps only."""
+    """seed -> [(rate, accuracy)] from the baseline (0, its accuracy) on, tested steps only
+    (a step the sequential test decided early: its accuracy on the images it read)."""
     runs: dict[int, list] = {}
     for t in traj:
-        if t["metric_id"] == metric and t["accuracy"] is not None:
-            runs.setdefault(t["seed"], []).append((t["step"], t["conv_weights_removed_pct"], t["accuracy"]))
+        if t["metric_id"] == metric and _point(t) is not None:
+            runs.setdefault(t["seed"], []).append((t["step"], t["conv_weights_removed_pct"], _point(t)))
     out = {}
     for seed, pts in runs.items():
         pts.sort()
@@ -150,6 +168,10 @@ def _accuracy_figure(plt, traj, scores, chosen, title, threshold, mode, warn):
     same = _identical(curves, chosen)
     notes = [f"identical curves (drawn over each other): {' = '.join(g)}" for g in same]
     notes += [f"not drawn (no evaluated step): {m}" for m in curves if not curves[m]]
+    partial = _partial_points(traj, chosen)
+    if partial:
+        notes.append(f"{partial} points on part of the test set (the sequential test stopped once the side of the "
+                     "target was certain); the crossings are on the whole set")
     _note(fig, notes, warn)
     _layout(fig, len(notes), bool(warn))
     return fig

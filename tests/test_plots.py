@@ -160,3 +160,20 @@ def test_missing_matplotlib_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     assert cli_main(["plot", str(tmp_path / "res"), "--out", str(tmp_path / "g")]) == 2
     assert "pip install prunetax[plot]" in capsys.readouterr().err
+
+
+def test_curves_draw_partial_tests_at_their_partial_accuracy(tmp_path):
+    """A step the sequential test decided early (accuracy null, 150 of 250 right) is drawn at 60 %,
+    a whole-set step at its accuracy, an untested step not at all; the figure says how many
+    points are partial."""
+    from prunetax.benchmarks.plots import _curves, _partial_points
+
+    rows = [{"metric_id": "m", "seed": 0, "step": 1, "conv_weights_removed_pct": 10.0, "accuracy": None,
+             "test_images": 250, "test_correct": 150},
+            {"metric_id": "m", "seed": 0, "step": 2, "conv_weights_removed_pct": 20.0, "accuracy": None,
+             "test_images": None, "test_correct": None},
+            {"metric_id": "m", "seed": 0, "step": 3, "conv_weights_removed_pct": 30.0, "accuracy": 41.5,
+             "test_images": 1000, "test_correct": 415},
+            {"metric_id": "m", "seed": 0, "step": 4, "conv_weights_removed_pct": 40.0, "accuracy": 30.0}]  # old folder
+    assert _curves(rows, {0: 99.0}, "m") == {0: [(0.0, 99.0), (10.0, 60.0), (30.0, 41.5), (40.0, 30.0)]}
+    assert _partial_points(rows, ["m"]) == 1 and _partial_points(rows, ["other"]) == 0
