@@ -105,10 +105,11 @@ def test_schemas_are_the_published_ones():
               ("conv_weights_removed_pct", F), ("channels_removed_pct", F), ("macs_removed_pct", F),
               ("steps", I), ("crossed", B), ("final_accuracy", F), ("ran_as", S), ("schedule", S), ("mode", S),
               ("protocol", S), ("prunetax_version", S), ("torch_version", S), ("device", S), ("wall_seconds", F),
-              ("baseline_digest", S), ("recipe_hash", S), ("recipe", S)]
+              ("baseline_digest", S), ("recipe_hash", S), ("recipe", S),
+              ("test_images_evaluated", I), ("test_images_exhaustive", I)]
     trajectories = [("cell_id", S), ("metric_id", S), ("network", S), ("dataset", S), ("seed", I), ("step", I),
                     ("unit", I), ("conv_weights_removed_pct", F), ("channels_removed_pct", F),
-                    ("macs_removed_pct", F), ("accuracy", F)]
+                    ("macs_removed_pct", F), ("accuracy", F), ("test_images", I), ("test_correct", I)]
     assert [(f.name, f.type) for f in SCORES_SCHEMA] == scores
     assert [(f.name, f.type) for f in TRAJECTORIES_SCHEMA] == trajectories
     assert ROW_COLUMNS == tuple(n for n, _ in scores) and TRAJECTORY_COLUMNS == tuple(n for n, _ in trajectories)
@@ -164,7 +165,7 @@ def test_scores_written_before_the_baseline_columns_still_read(tmp_path):
     """A results folder of an older version, without baseline_digest / recipe_hash / recipe: read
     with nulls there, and its leaderboard still works (those rows group together)."""
     old = [f for f in SCORES_SCHEMA if f.name not in ("network", "dataset", "baseline_digest", "recipe_hash",
-                                                        "recipe")]
+                                                        "recipe", "test_images_evaluated", "test_images_exhaustive")]
     assert old[-1].name == "wall_seconds"
     for seed, rate in ((0, 40.0), (1, 50.0)):
         c = cell(seed=seed)
@@ -177,6 +178,8 @@ def test_scores_written_before_the_baseline_columns_still_read(tmp_path):
     assert scores.column_names == list(ROW_COLUMNS) and scores.num_rows == 2
     for name in ("baseline_digest", "recipe_hash", "recipe"):
         assert scores.column(name).to_pylist() == [None, None] and scores.schema.field(name).type == pa.string()
+    for name in ("test_images_evaluated", "test_images_exhaustive"):
+        assert scores.column(name).to_pylist() == [None, None] and scores.schema.field(name).type == pa.int64()
     assert sorted(scores.column("conv_weights_removed_pct").to_pylist()) == [40.0, 50.0]
     (board,) = leaderboard(tmp_path).to_pylist()
     assert board["n_seeds"] == 2 and board["mean"] == pytest.approx(45.0) and board["recipe_hash"] is None
