@@ -195,22 +195,7 @@ class _Pruner:
 
             return [evaluate(slim(self.model, self.masked.structure, row.cpu()), self.test_x, self.test_y)
                     for row in keep]
-        out = []
-        T = len(self.test_y)
-        per_pass = max(1, self.rows // T)
-        for k0 in range(0, len(keep), per_pass):
-            ks = keep[k0:k0 + per_pass]
-            K = len(ks)
-            correct = torch.zeros(K, device=self.device)
-            step = max(1, self.rows // K)
-            self.masked.set_keep(ks)
-            for i in range(0, T, step):
-                xb, yb = self.test_x[i:i + step], self.test_y[i:i + step]
-                logits = self.masked(xb.repeat(K, *([1] * (xb.dim() - 1))))
-                pred = logits.argmax(1).view(K, -1)
-                correct += (pred == yb[None]).sum(1)
-            out += (100.0 * correct / T).tolist()
-        return out
+        return (100.0 * self._masked_counts(keep, self.test_x, self.test_y) / len(self.test_y)).tolist()
 
     # -- test passes: shared, sequential -----------------------------------------------------------
     def test(self, keep: torch.Tensor, target: float | None, keys=None, sequential: bool = False,
@@ -294,7 +279,8 @@ class _Pruner:
             live = [j for j in range(K) if side[j] is None and n[j] == lo]
             if live:
                 if self.batched_eval:
-                    got = self._masked_counts(keep[torch.tensor(live, device=keep.device)], lo, hi).tolist()
+                    got = self._masked_counts(keep[torch.tensor(live, device=keep.device)], seq.x[lo:hi],
+                                              seq.y[lo:hi]).tolist()
                 else:
                     got = [self._slim_count(nets, keep, j, lo, hi) for j in live]
                 for j, cnt in zip(live, got):
@@ -322,11 +308,11 @@ class _Pruner:
             correct += int((nets[j](seq.x[a:b]).argmax(1) == seq.y[a:b]).sum().item())
         return correct
 
-    def _masked_counts(self, keep: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Correct predictions [K] (on the device) of the masked network under each row of
-        ``keep`` on sequential images lo:hi, K masks per batched pass."""
-        seq, T = self._order(), hi - lo
-        out = []
+    def _masked_counts(self, keep: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Correct predictions [K] (float, on the device) of the masked network under each row of
+        ``keep`` on images ``x`` with labels ``y``, K masks per batched pass."""
+        T = len(y)
+        out = [torch.zeros(0, device=self.device)]
         per_pass = max(1, self.rows // T)
         for k0 in range(0, len(keep), per_pass):
             ks = keep[k0:k0 + per_pass]
@@ -334,8 +320,8 @@ class _Pruner:
             correct = torch.zeros(K, device=self.device)
             step = max(1, self.rows // K)
             self.masked.set_keep(ks)
-            for i in range(lo, hi, step):
-                xb, yb = seq.x[i:min(hi, i + step)], seq.y[i:min(hi, i + step)]
+            for i in range(0, T, step):
+                xb, yb = x[i:i + step], y[i:i + step]
                 pred = self.masked(xb.repeat(K, *([1] * (xb.dim() - 1)))).argmax(1).view(K, -1)
                 correct += (pred == yb[None]).sum(1)
             out.append(correct)
