@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from prunetax.taxonomy.errors import PrunetaxError
 
-__all__ = ["LEADERBOARD_COLUMNS", "rank_scores", "AUTHORS_RATES", "AUTHORS_PROTOCOL", "AUTHORS_SOURCE", "FORMATS",
-           "parse_top", "render", "group_sections"]
+__all__ = ["LEADERBOARD_COLUMNS", "VERSUS_COLUMNS", "rank_scores", "select_metrics", "match_metrics", "AUTHORS_RATES",
+           "AUTHORS_PROTOCOL", "AUTHORS_SOURCE", "FORMATS", "parse_top", "render", "group_sections"]
 
 if TYPE_CHECKING:  # pyarrow is imported where used: the command line builds its parser without it
     import pyarrow as pa
@@ -34,8 +34,11 @@ LEADERBOARD_COLUMNS = ("group", "rank", "n_metrics", "metric_id", "kind", *_COMP
                        "n_runs", "n_seeds", "n_crossed", "censored", "mean", "std", "pm2sigma", "min", "max",
                        "gap_to_oracle", "baseline_accuracy", "threshold", "threshold_mode", "protocol",
                        "recipe_hash", "recipe_label", "protocol_label", "authors_rate", "authors_note")
-_INTS = ("rank", "n_metrics", "n_runs", "n_seeds", "n_crossed")
-_FLOATS = ("mean", "std", "pm2sigma", "min", "max", "gap_to_oracle", "baseline_accuracy", "threshold", "authors_rate")
+# with ``versus``: the paired difference rate(metric) - rate(its reference) over the cells where both ran
+VERSUS_COLUMNS = ("versus", "vs_n", "vs_censored", "vs_mean", "vs_ci_low", "vs_ci_high", "vs_better")
+_INTS = ("rank", "n_metrics", "n_runs", "n_seeds", "n_crossed", "vs_n", "vs_censored")
+_FLOATS = ("mean", "std", "pm2sigma", "min", "max", "gap_to_oracle", "baseline_accuracy", "threshold", "authors_rate",
+           "vs_mean", "vs_ci_low", "vs_ci_high", "vs_better")
 
 
 def _type(column: str):
@@ -114,14 +117,88 @@ def _authors(nets: set, datas: set, p: dict | None) -> tuple[float | None, str]:
     return rate, note + (f"; here: {', '.join(diff)}" if diff else ", as here")
 
 
+def _reference(text: str) -> tuple[str, str] | None:
+    """``AXIS=LEVEL`` of ``versus`` as (axis, level), or None when ``text`` names a metric."""
+    from prunetax.taxonomy.vocab import ids
+
+    if "=" not in text:
+        return None
+    axis, _, level = (t.strip() for t in text.partition("="))
+    if axis not in _COMPONENTS:
+        raise PrunetaxError(f"versus {text!r}: {axis!r} is not an axis; choose from {', '.join(_COMPONENTS)} "
+                            "(AXIS=LEVEL, e.g. scaling=none), or give a metric id")
+    if level not in ids(axis):
+        raise PrunetaxError(f"versus {text!r}: {level!r} is not a {axis} level; choose from {', '.join(ids(axis))}")
+    return axis, level
+
+
+def _metric_id(text: str, known) -> str | None:
+    """The metric id of ``known`` that ``text`` names: itself, or a named metric's / expression's canonical id."""
+    if text in known:
+        return text
+    from prunetax.taxonomy import parse_metric
+
+    try:
+        canonical = str(parse_metric(text))
+    except Exception:  # not a metric at all: the caller says what is known
+        return None
+    return canonical if canonical in known else None
+
+
+def _versus(metrics: dict[str, list[dict]], versus: str, confidence: float) -> dict[str, dict]:
+    """Per metric of one group: its reference (``versus``) and the paired difference over shared cells."""
+    from prunetax.benchmarks.analysis import _mean_ci
+
+    axis = _reference(versus)
+    comps: dict[tuple, str] = {}
+    for metric, runs in metrics.items():  # the spec row wins over a named metric of the same components
+        key = tuple(runs[0][c] for c in _COMPONENTS)
+        if None not in key and (key not in comps or runs[0]["kind"] == "spec"):
+            comps[key] = metric
+    out = {}
+    for metric, runs in metrics.items():
+        if axis is None:
+            ref = _metric_id(versus, metrics)
+        else:
+            key = tuple(runs[0][c] for c in _COMPONENTS)
+            i = _COMPONENTS.index(axis[0])
+            ref = None if None in key else comps.get(key[:i] + (axis[1],) + key[i + 1:])
+        row = {"versus": ref, "vs_n": 0, "vs_censored": 0, "vs_mean": None, "vs_ci_low": None, "vs_ci_high": None,
+               "vs_better": None}
+        if ref is not None:
+            theirs = {r["cell_id"]: r for r in metrics[ref] if r["conv_weights_removed_pct"] is not None}
+            pairs = [(r, theirs[r["cell_id"]]) for r in runs
+                     if r["conv_weights_removed_pct"] is not None and r["cell_id"] in theirs]
+            kept = [(a, b) for a, b in pairs if a["crossed"] and b["crossed"]]
+            diffs = [a["conv_weights_removed_pct"] - b["conv_weights_removed_pct"] for a, b in kept]
+            _, lo, hi = _mean_ci(diffs, confidence)
+            row.update(vs_n=len(diffs), vs_censored=len(pairs) - len(kept),
+                       vs_mean=sum(diffs) / len(diffs) if diffs else None, vs_ci_low=lo, vs_ci_high=hi,
+                       vs_better=sum(d > 0 for d in diffs) / len(diffs) if diffs else None)
+        out[metric] = row
+    return out
+
+
 def rank_scores(scores: "pa.Table", by: Sequence[str] = ("network", "dataset"), top: int | None = None,
-                source: str | None = None) -> "pa.Table":
+                source: str | None = None, versus: str | None = None, confidence: float = 0.95) -> "pa.Table":
     """The metrics of ``scores`` ranked by mean % conv weights removed, per group (module docstring).
 
-    Columns: ``by``, then ``LEADERBOARD_COLUMNS`` (less any of ``by``). ``top``: keep the best N
-    of each group (None: all; 0: none). ``source`` names the scores in errors. An empty table is
-    an error (a results folder without score files).
+    Columns: ``by``, then ``LEADERBOARD_COLUMNS`` (less any of ``by``), then with ``versus`` the
+    ``VERSUS_COLUMNS``. ``top``: keep the best N of each group (None: all; 0: none). ``source``
+    names the scores in errors. An empty table is an error (a results folder without score files).
+
+    ``versus``: a metric (id, named metric, ``random``, ``oracle``), or ``AXIS=LEVEL`` (each
+    metric against the one that differs from it only in that component, set to LEVEL: e.g.
+    ``scaling=none``, ``structure=channel``). Per metric of a group: ``vs_mean``, the mean over
+    the group's cells of rate(metric) - rate(reference) on the same cell (same seed and
+    baseline), its t interval at ``confidence`` (null under two cells), ``vs_better`` the share of
+    cells where the metric removed more; cells where either never crossed the threshold are left
+    out and counted in ``vs_censored``. ``versus`` is null where the group has no reference.
     """
+    if versus is not None:
+        _reference(versus)  # a malformed AXIS=LEVEL fails before any work
+        if not 0 < confidence < 1:
+            raise PrunetaxError(f"confidence must be in (0, 1), got {confidence}")
     import numpy as np
     import pyarrow as pa
 
@@ -198,6 +275,10 @@ def rank_scores(scores: "pa.Table", by: Sequence[str] = ("network", "dataset"), 
                 "recipe_label": i["recipe_label"], "protocol_label": i["protocol_label"],
                 "authors_rate": i["authors_rate"], "authors_note": i["authors_note"]})
         oracle = next((s["mean"] for s in stats if s["metric_id"] == "oracle"), None)
+        if versus is not None:
+            vs = _versus(groups[key], versus, confidence)
+            for s in stats:
+                s.update(vs[s["metric_id"]])
         for s in stats:
             s["gap_to_oracle"] = None if oracle is None or s["mean"] is None else oracle - s["mean"]
             s["n_metrics"] = len(stats)
@@ -205,9 +286,46 @@ def rank_scores(scores: "pa.Table", by: Sequence[str] = ("network", "dataset"), 
         for rank, s in enumerate(stats, 1):
             s["rank"] = rank
         out += stats if top is None else stats[:top]
+    if versus is not None and _reference(versus) is None and not any(s["versus"] for s in out):
+        raise PrunetaxError(f"versus {versus!r}: no such metric in {source or 'these results'}; give a metric id, "
+                            "a named metric, random or oracle that ran, or AXIS=LEVEL (e.g. scaling=none)")
+    columns = LEADERBOARD_COLUMNS + (VERSUS_COLUMNS if versus is not None else ())
     schema = pa.schema([(b, scores.schema.field(b).type) for b in by] +
-                       [(c, _type(c)) for c in LEADERBOARD_COLUMNS if c not in by])
+                       [(c, _type(c)) for c in columns if c not in by])
     return pa.Table.from_pylist(out, schema=schema)
+
+
+def match_metrics(known: Sequence[str], patterns: Sequence[str], source: str | None = None) -> set[str]:
+    """The ids among ``known`` that ``patterns`` name: ids, named metrics (their own id when they
+    ran under their name, else their canonical id), or globs on the ids (``*``, ``?``, ``[...]``).
+    A pattern that names none of them is an error naming the closest id."""
+    import difflib
+    import fnmatch
+
+    known = list(dict.fromkeys(known))
+    chosen: set[str] = set()
+    for pat in patterns:
+        if any(ch in pat for ch in "*?["):
+            hits = fnmatch.filter(known, pat)
+        else:
+            hit = _metric_id(pat, known)
+            hits = [hit] if hit is not None else []
+        if not hits:
+            close = difflib.get_close_matches(pat, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "; 'prunetax leaderboard RESULTS --top all' lists them"
+            raise PrunetaxError(f"metric {pat!r} is not in {source or 'these results'}{hint}")
+        chosen.update(hits)
+    return chosen
+
+
+def select_metrics(table: "pa.Table", patterns: Sequence[str], source: str | None = None) -> "pa.Table":
+    """The rows of a leaderboard whose metrics ``patterns`` name (``match_metrics``); ranks stay
+    those of the whole group."""
+    import pyarrow as pa
+
+    ids = table.column("metric_id").to_pylist()
+    chosen = match_metrics(ids, patterns, source)
+    return table.filter(pa.array([m in chosen for m in ids], type=pa.bool_()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,12 +391,33 @@ def _notes(rows: list[dict], ge: str) -> list[str]:
     return notes
 
 
-def _cut(group_rows: list[dict]) -> str | None:
+def _cut(group_rows: list[dict], selected: bool = False) -> str | None:
     total = group_rows[0]["n_metrics"]
-    return f"top {len(group_rows)} of {total} metrics shown" if len(group_rows) < total else None
+    if len(group_rows) == total:
+        return None
+    if selected:
+        return f"{len(group_rows)} of {total} metrics shown; rank among all {total}"
+    return f"top {len(group_rows)} of {total} metrics shown"
 
 
-def render(table: "pa.Table", fmt: str, groups: list[str] | None = None) -> str:
+_VS_SHOWN = ("versus", "vs_mean", "vs_ci", "vs_n")
+_VS_HEAD = {"versus": "versus", "vs_mean": "diff", "vs_ci": "95% ci", "vs_n": "pairs"}
+
+
+def _vs_cell(r: dict, c: str) -> str:
+    if r.get("versus") is None:
+        return "" if c != "versus" else "-"
+    if c == "vs_ci":
+        lo, hi = r["vs_ci_low"], r["vs_ci_high"]
+        return "n/a" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]"
+    if c == "vs_mean":
+        return "" if r["vs_mean"] is None else f"{r['vs_mean']:+.2f}"
+    if c == "vs_n":
+        return f"{r['vs_n']}" + (f" (+{r['vs_censored']} censored)" if r["vs_censored"] else "")
+    return str(r[c])
+
+
+def render(table: "pa.Table", fmt: str, groups: list[str] | None = None, selected: bool = False) -> str:
     """The text of ``table`` (``rank_scores``'s) as ``fmt`` (table, markdown, csv, json, html).
 
     table, markdown and html: one section per group (its label, the authors' rate when there is
@@ -307,15 +446,18 @@ def render(table: "pa.Table", fmt: str, groups: list[str] | None = None) -> str:
     sections += [(g, []) for g in (groups or []) if g not in shown]
     ge = ">=" if fmt == "table" else "≥"
     head = _HEAD_ASCII if fmt == "table" else _HEAD_PAPER
-    headers = [head.get(c, c) for c in _SHOWN]
+    shown_cols = _SHOWN + (_VS_SHOWN if "versus" in table.column_names else ())
+    headers = [_VS_HEAD.get(c) or head.get(c, c) for c in shown_cols]
     parts = []
     for label, grows in sections:
         lines = []
         authors = grows[0]["authors_rate"] if grows else None
         extra = ([f"authors' rate for {grows[0]['group'].split(' | ')[0]}: {authors:g} % "
                   f"({grows[0]['authors_note']})"] if authors is not None else [])
-        cut = _cut(grows) if grows else "top 0: no metrics shown"
-        body = [{hd: _cell(r, c, ge) for hd, c in zip(headers, _SHOWN)} for r in grows]
+        cut = (_cut(grows, selected) if grows
+               else "none of the chosen metrics" if selected else "top 0: no metrics shown")
+        body = [{hd: (_vs_cell(r, c) if c in _VS_SHOWN else _cell(r, c, ge)) for hd, c in zip(headers, shown_cols)}
+                for r in grows]
         if fmt == "table":
             lines += [f"== {label}", *extra]
             lines += [format_table(body, headers).rstrip("\n")] if grows else []
@@ -337,6 +479,10 @@ def render(table: "pa.Table", fmt: str, groups: list[str] | None = None) -> str:
             lines += [f"<p>{h.escape(cut)}.</p>"] if cut else []
         parts.append("\n".join(lines))
     notes = _notes(rows, ge)
+    if "versus" in table.column_names:
+        notes.append("diff: mean over the cells of rate(metric) - rate(versus) on the same cell (seed and baseline); "
+                     "95% ci: t interval over those cells (n/a under two); pairs: cells compared, and those left out "
+                     "because a metric never crossed the threshold.")
     if fmt == "html":
         notes = [f"<p>{h.escape(n)}</p>" for n in notes]
     text = "\n\n".join(parts)

@@ -185,6 +185,24 @@ def test_effects_by_hand(tmp_path, capsys):
     assert kept[("pointwise", "value")]["mean_diff"] == pytest.approx((3 + 3 + 79 + 79) / 4)
 
 
+def test_effects_among_chosen_metrics(tmp_path, capsys):
+    write_effects(tmp_path / "R")
+    assert cli_main(["effects", str(tmp_path / "R"), "--out", str(tmp_path / "E"), "--format", "png",
+                     "--metrics", "weight-*"]) == 0
+    got = {(e["axis"], e["level_a"], e["level_b"]): e for e in pq.read_table(tmp_path / "E" / "effects.parquet").to_pylist()}
+    # weight metrics only: no base_input pair is left; scaling elements - none is 6 in each of 2 contexts x 2 cells
+    assert not any(axis == "base_input" for axis, _, _ in got)
+    sc = got[("scaling", "none", "elements")]
+    assert (sc["n_pairs"], sc["n_cells"], sc["mean_diff"], sc["sd"]) == (4, 2, 6.0, 0.0)
+    assert got[("reduction", "l1", "l2")]["n_pairs"] == 4 and got[("reduction", "l1", "l2")]["mean_diff"] == 2.0
+    assert "6 metrics (weight-*)" in (tmp_path / "E" / "effects.md").read_text()
+    assert "--metrics 'weight-*'" in (tmp_path / "E" / "effects.md").read_text()
+    capsys.readouterr()
+    assert cli_main(["effects", str(tmp_path / "R"), "--out", str(tmp_path / "F"), "--metrics", "bn_weight-*"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metric 'bn_weight-*' is not in" in err and not (tmp_path / "F").exists()
+
+
 def test_effects_errors(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli_main(["effects", str(tmp_path / "empty"), "--out", str(tmp_path / "E")]) == 2

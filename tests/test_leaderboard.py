@@ -46,14 +46,14 @@ def baseline(net, seed):
     return (90.0 if net == "lenet5" else 60.0) + seed / 2
 
 
-def write_results(root):
-    for (net, recipe, proto), seeds in GRID.items():
+def write_results(root, grid=None):
+    for (net, recipe, proto), seeds in (GRID if grid is None else grid).items():
         for seed, rates in seeds.items():
             c = Cell(net, "mnist", seed, tuple(rates), proto, epochs=recipe.epochs)
             rows = []
             for m, (rate, crossed) in rates.items():
                 r = dict.fromkeys(ROW_COLUMNS)
-                comps = COMPS.get(m)
+                comps = COMPS.get(m) or (tuple(m.split("-")) if m.count("-") == 3 else None)
                 r.update(cell_id=c.id, metric_id=m, kind="spec" if comps else "reference",
                          **(dict(zip(AXES, comps + ("channel", "per_image"))) if comps else {}),
                          network=net, dataset="mnist", seed=seed, threshold=proto.threshold,
@@ -259,3 +259,69 @@ def test_authors_note_when_the_protocol_is_not_recorded():
     assert _authors({"lenet5"}, {"mnist"}, {"mode": "characterise", "threshold": 5.0, "relative": False}) == \
         (84.9, "theirs: mode characterise, threshold 5 points, as here")
     assert _authors({"nin"}, {"cifar100"}, None)[0] == 59.2
+
+
+# t quantiles from a printed table (two-sided 95 %): df 1 and 2
+T95 = {1: 12.706204736174707, 2: 4.302652729912954}
+
+
+def test_versus_a_metric_by_hand(results):
+    from prunetax.benchmarks.ranking import rank_scores
+    from prunetax.benchmarks.results import read_scores
+
+    board = rank_scores(read_scores(results), versus=W)
+    assert board.column_names[-7:] == ["versus", "vs_n", "vs_censored", "vs_mean", "vs_ci_low", "vs_ci_high",
+                                       "vs_better"]
+    g = {r["metric_id"]: r for r in board.to_pylist() if "epochs=2" in r["group"] and r["threshold"] == 5.0}
+    # A - W on seeds 0, 1, 2: 10, 8, 15
+    d = [10.0, 8.0, 15.0]
+    half = T95[2] * statistics.stdev(d) / 3 ** 0.5
+    assert (g[A]["versus"], g[A]["vs_n"], g[A]["vs_censored"]) == (W, 3, 0)
+    assert g[A]["vs_mean"] == pytest.approx(11.0)
+    assert (g[A]["vs_ci_low"], g[A]["vs_ci_high"]) == (pytest.approx(11.0 - half), pytest.approx(11.0 + half))
+    assert g[A]["vs_better"] == 1.0
+    # LATE did not cross on seed 1: left out; -10 and -12 remain
+    half = T95[1] * statistics.stdev([-10.0, -12.0]) / 2 ** 0.5
+    assert (g[LATE]["vs_n"], g[LATE]["vs_censored"], g[LATE]["vs_mean"]) == (2, 1, pytest.approx(-11.0))
+    assert g[LATE]["vs_ci_low"] == pytest.approx(-11.0 - half) and g[LATE]["vs_better"] == 0.0
+    assert (g[NEVER]["vs_n"], g[NEVER]["vs_censored"], g[NEVER]["vs_mean"], g[NEVER]["vs_ci_low"]) == (0, 3, None, None)
+    assert g["random"]["vs_mean"] == pytest.approx((10 + 20 + 30 - 40 - 44 - 45) / 3)
+    # a group of one seed: a difference, no interval
+    one = [r for r in board.to_pylist() if r["threshold"] == 2.0 and r["metric_id"] == A][0]
+    assert (one["vs_n"], one["vs_mean"], one["vs_ci_low"]) == (1, pytest.approx(5.0), None)
+    with pytest.raises(PrunetaxError, match="no such metric"):
+        rank_scores(read_scores(results), versus="weight-value-l2-none")
+
+
+def test_versus_an_axis_level_and_selection(tmp_path, capsys):
+    from prunetax.benchmarks.ranking import rank_scores
+    from prunetax.benchmarks.results import read_scores
+
+    l2, el = "weight-value-l1-layer_l2", "weight-value-l1-elements"
+    grid = {("lenet5", R2, P5): {0: {W: (40.0, True), l2: (45.0, True), el: (30.0, True), "random": (9.0, True)},
+                                 1: {W: (44.0, True), l2: (50.0, True), el: (30.0, False), "random": (8.0, True)}}}
+    write_results(tmp_path / "R", grid)
+    g = {r["metric_id"]: r for r in rank_scores(read_scores(tmp_path / "R"), versus="scaling=none").to_pylist()}
+    half = T95[1] * statistics.stdev([5.0, 6.0]) / 2 ** 0.5
+    assert (g[l2]["versus"], g[l2]["vs_n"], g[l2]["vs_mean"]) == (W, 2, pytest.approx(5.5))
+    assert (g[l2]["vs_ci_low"], g[l2]["vs_ci_high"]) == (pytest.approx(5.5 - half), pytest.approx(5.5 + half))
+    assert (g[el]["vs_n"], g[el]["vs_censored"], g[el]["vs_mean"], g[el]["vs_ci_low"]) == (1, 1, -10.0, None)
+    assert g[W]["versus"] == W and g[W]["vs_mean"] == 0.0
+    assert g["random"]["versus"] is None and g["random"]["vs_n"] == 0      # no components: no partner
+    # the command line: selection by id, glob and name, ranks of the whole group, the columns shown
+    assert cli_main(["leaderboard", str(tmp_path / "R"), "--metrics", "weight-value-l1-l*,filter_l1",
+                     "--versus", "scaling=none"]) == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if ln.startswith(("1 ", "2 ", "3 ", "4 "))]
+    assert [ln.split()[:2] for ln in lines] == [["1", l2], ["2", W]]
+    assert f"{5.5:+.2f}" in lines[0] and f"[{5.5 - half:+.2f}, {5.5 + half:+.2f}]" in lines[0]
+    assert "(2 of 4 metrics shown; rank among all 4)" in text and "diff: mean over the cells" in text
+    for args, words in ((["--metrics", "weight-value-l1-nine"], "did you mean 'weight-value-l1-none'"),
+                        (["--metrics", "activation-*"], "metric 'activation-*' is not in"),
+                        (["--metrics", ","], "--metrics is empty"),
+                        (["--versus", "scale=none"], "'scale' is not an axis"),
+                        (["--versus", "scaling=half"], "'half' is not a scaling level"),
+                        (["--versus", "oracle"], "no such metric")):
+        assert cli_main(["leaderboard", str(tmp_path / "R"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, (args, err)

@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
                    help="folder for effects.md, effects.parquet and the figure (default ./effects)")
     p.add_argument("--by", default="", metavar="COLS",
                    help="score columns to split by, e.g. network,dataset (default: pool every cell)")
+    p.add_argument("--metrics", default=None, metavar="M,..",
+                   help="compare only among these metrics: ids, named metrics, or globs on the ids (e.g. "
+                        "'weight-value-l1-*,activation-taylor-*'); default every metric of the results")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
     p.add_argument("--keep-censored", action="store_true",
                    help="keep pairs where a metric never crossed the threshold (at its final rate, a lower bound)")
@@ -26,6 +29,8 @@ def command_line(args) -> str:
     words = ["prunetax", "effects", str(args.results), "--out", str(args.out)]
     if args.by:
         words += ["--by", args.by]
+    if args.metrics:
+        words += ["--metrics", args.metrics]
     if args.confidence != 0.95:
         words += ["--confidence", f"{args.confidence:g}"]
     if args.keep_censored:
@@ -70,6 +75,14 @@ def run(args) -> int:
         raise PrunetaxError(f"no results in {args.results}: expected score files "
                             "scores/network=<n>/dataset=<d>/<cell>.parquet as prunetax bench writes them")
     rows = scores.to_pylist()
+    if args.metrics is not None:
+        from prunetax.benchmarks.ranking import match_metrics
+
+        patterns = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        if not patterns:
+            raise PrunetaxError("--metrics is empty; give metric ids, named metrics or globs, comma-separated")
+        chosen = match_metrics([r["metric_id"] for r in rows], patterns, source=str(args.results))
+        rows = [r for r in rows if r["metric_id"] in chosen]
     effects = component_effects(rows, by=by, confidence=args.confidence, keep_censored=args.keep_censored)
     command = command_line(args)
     out = Path(args.out)
@@ -77,7 +90,8 @@ def run(args) -> int:
     nets = sorted({f"{r['network']} / {r['dataset']}" for r in rows})
     shown = [_show(e, by) for e in effects]
     conf = f"{args.confidence * 100:g} %"
-    head = (f"Component effects of {args.results} ({cells} cells: {', '.join(nets)}): mean of rate(b) - rate(a) "
+    among = f", {len({r['metric_id'] for r in rows})} metrics ({args.metrics})" if args.metrics else ""
+    head = (f"Component effects of {args.results} ({cells} cells: {', '.join(nets)}{among}): mean of rate(b) - rate(a) "
             f"in points of % conv weights removed; ci: {conf} t interval over the pairs; cell_ci: over the cells' "
             "mean differences; b_better: share of pairs where b removed more.")
     md = f"{head}\n\n{format_markdown(shown, _SHOWN)}\n`{command}`\n"

@@ -13,6 +13,13 @@ def add_arguments(p) -> None:
                    help="group columns (default network,dataset; '' = none); recipe and protocol always split groups")
     p.add_argument("--top", type=parse_top, default=None, metavar="N|all",
                    help="best N metrics per group (default all; 0 = none: the groups alone)")
+    p.add_argument("--metrics", default=None, metavar="M,..",
+                   help="show only these metrics: ids, named metrics, or globs on the ids (e.g. "
+                        "'weight-value-l1-*,filter_l1,random'); ranks stay those among all the group's metrics")
+    p.add_argument("--versus", default=None, metavar="METRIC|AXIS=LEVEL",
+                   help="add each metric's paired difference in rate against METRIC (an id, named metric, random, "
+                        "oracle), or against the metric that differs from it only in AXIS, set to LEVEL (e.g. "
+                        "scaling=none, structure=channel): mean over the cells where both ran and its 95%% t interval")
     p.add_argument("--format", default="table", choices=FORMATS,
                    help="table, markdown, html (main columns, one section per group); csv, json, parquet "
                         "(every column); default table")
@@ -23,22 +30,25 @@ def run(args) -> int:
     import sys
 
     from prunetax.benchmarks.io import write_parquet, write_text
-    from prunetax.benchmarks.ranking import render
-    from prunetax.benchmarks.results import leaderboard
+    from prunetax.benchmarks.ranking import rank_scores, render, select_metrics
+    from prunetax.benchmarks.results import read_scores
 
     by = tuple(b.strip() for b in args.by.split(",") if b.strip())
-    full = leaderboard(args.results, by=by)
+    patterns = [m.strip() for m in (args.metrics or "").split(",") if m.strip()]
+    if args.metrics is not None and not patterns:
+        from prunetax.taxonomy.errors import PrunetaxError
+        raise PrunetaxError("--metrics is empty; give metric ids, named metrics or globs, comma-separated")
+    full = rank_scores(read_scores(args.results), by, source=str(args.results), versus=args.versus)
     groups = list(dict.fromkeys(full.column("group").to_pylist()))
-    if args.top is None:
-        table = full
-    else:
+    table = select_metrics(full, patterns, source=str(args.results)) if patterns else full
+    if args.top is not None:
         import pyarrow.compute as pc
-        table = full.filter(pc.less_equal(full.column("rank"), args.top))
+        table = table.filter(pc.less_equal(table.column("rank"), args.top))
     if args.format == "parquet":
         write_parquet(table, args.out, {"prunetax_leaderboard_source": str(args.results),
                                         "prunetax_leaderboard_by": ",".join(by)})
     else:
-        write_text(render(table, args.format, groups=groups), args.out)
+        write_text(render(table, args.format, groups=groups, selected=bool(patterns)), args.out)
     cut = f"; top {args.top} of each" if args.top is not None else ""
     where = f" to {args.out}" if args.out else ""
     print(f"leaderboard: {table.num_rows} rows in {len(groups)} groups of {args.results}{cut}{where}",
