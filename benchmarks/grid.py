@@ -507,7 +507,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     its state every ``checkpoint_every`` seconds (and on SIGTERM/SIGINT) under ``results/state``,
     and a rerun resumes it. ``progress``: bars on a terminal (a bar over cells; at ``n_jobs`` 1
     also the cell's bar over steps); otherwise one plain line per baseline trained and per cell
-    completed. Two runs on one results root are safe: a cell may be computed twice, never
+    completed, and at ``n_jobs`` 1 a line on the running cell at most once a minute. Two runs on one results root are safe: a cell may be computed twice, never
     written half.
 
     ``pretrain``: with workers, train every missing baseline here first, so that each is trained
@@ -532,7 +532,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     # cells compute with the same thread count whatever runs them
     threads = None if inline or scheduler else max(1, (os.cpu_count() or 1) // _workers(n_jobs))
     kw = dict(results=str(results), env=env, runner=runner or _run_cell, threads=threads,
-              checkpoint_every=float(checkpoint_every), progress=progress and inline,
+              checkpoint_every=float(checkpoint_every), progress=(progress or "lines") if inline else False,
               plugins=resolve_imports(plugins), plugin_cwd=os.getcwd(), allow_weak_baseline=allow_weak_baseline)
     ran: list[str] = []
     if not pending:

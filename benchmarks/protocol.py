@@ -1028,8 +1028,10 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
 
     ``env``: a :class:`prunetax.benchmarks.setup.Env` (None: the defaults); the keywords
     ``device``, ``cache_dir`` and ``data_root`` set its fields too (the older signature).
-    ``progress``: the baseline's training bar, then a bar over the pruning steps (trajectories
-    still running, the accuracies of the latest evaluation).
+    ``progress``: True: the baseline's training bar, then a bar over the pruning steps
+    (trajectories still running, the accuracies of the latest evaluation); ``"lines"`` (output to
+    a file): the same facts as one plain line on stderr at most every ``PROGRESS_LINE_EVERY``
+    seconds; False: nothing.
 
     ``checkpoint``: the path of the cell's state file (None: none; ``prunetax.benchmarks.checkpoint``).
     A state of this cell on this baseline found there is resumed (one line on stderr says from
@@ -1047,7 +1049,7 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
 
     start = time.perf_counter()
     setup = prepare_cell(cell, Env.of(env, device=device, cache_dir=cache_dir, data_root=data_root),
-                         progress=progress)
+                         progress=progress is True)
     if not allow_weak_baseline:   # a target at or below chance: no metric could cross it
         from prunetax.benchmarks.setup import check_baseline
         check_baseline(setup)
@@ -1069,8 +1071,8 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
                 of = f" of metric {run.index + 1}/{len(run.groups)}" if run.retraining else ""
                 print(f"resuming {cell.id} from step {run.pruning.step_no}{of} "
                       f"(saved {time.strftime('%Y-%m-%d %H:%M:%S', saved)})", file=sys.stderr, flush=True)
-    bar = None
-    if progress:
+    bar, lines = None, _ProgressLines(cell, start) if progress == "lines" else None
+    if progress is True:
         from tqdm import tqdm
 
         bar = tqdm(desc=f"{cell.network}/{cell.dataset}/s{cell.seed}", unit="step", leave=False,
@@ -1087,6 +1089,8 @@ def run_cell(cell: Cell, env=None, progress: bool = False, *, device=None, cache
                                     elapsed=before + time.perf_counter() - start)
                 if bar is not None:
                     _show(bar, run)
+                if lines is not None:
+                    lines.show(run, before)
     finally:
         if bar is not None:
             bar.close()
@@ -1111,6 +1115,28 @@ def cell_rows(setup, run: CellPruning, wall: float) -> tuple[list[dict], list[di
         rows.append(score_row(cell, t, crossing, cstep, baseline, setup.device, wall, info=setup.info, work=work))
         traj_rows += trajectory_rows(cell, t)
     return rows, traj_rows
+
+
+PROGRESS_LINE_EVERY = 60.0   # seconds between two plain progress lines of a cell
+
+
+class _ProgressLines:
+    """A cell's progress as plain lines (a log file, not a terminal): at most one a minute."""
+
+    def __init__(self, cell: Cell, start: float):
+        self.cell, self.start, self.last = cell, start, start
+
+    def show(self, run: "CellPruning", before: float) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_LINE_EVERY:
+            return
+        self.last = now
+        pr = run.pruning
+        accs = pr.last_accuracies
+        metric = f"metric {run.index + 1}/{len(run.groups)}, " if run.retraining else ""
+        acc = f", acc {min(accs):.1f}-{max(accs):.1f} %" if accs else ""
+        print(f"{self.cell.id}: step {pr.step_no}, {metric}{len(pr.pending)}/{len(pr.active)} trajectories "
+              f"running{acc}, {(before + now - self.start) / 60:.1f} min", file=sys.stderr, flush=True)
 
 
 def _show(bar, run: CellPruning) -> None:

@@ -187,3 +187,21 @@ def test_retrain_mode_resumes_mid_metric_after_sigint(cache, tmp_path, capsys, m
     lines = [(int(m[1]), m[2], m[3]) for m in RESUMING.findall(capsys.readouterr().err)]
     assert lines == [(first // 2 - 1, "1", "2"), (1, "2", "2")]
     assert comparable(result) == comparable(ref)
+
+
+def test_progress_lines_for_a_log_file(reference, cache, monkeypatch, capsys):
+    """progress="lines" (a grid writing to a file): one plain line per interval, here every step."""
+    from prunetax.benchmarks import protocol
+
+    monkeypatch.setattr(protocol, "PROGRESS_LINE_EVERY", 0.0)
+    result = run_cell(CELL, Env("cpu", str(cache)), progress="lines")
+    assert comparable(result) == comparable(reference)
+    lines = capsys.readouterr().err.splitlines()
+    pattern = re.compile(rf"{re.escape(CELL.id)}: step (\d+), (\d+)/4 trajectories running, "
+                         r"acc (\d+\.\d)-(\d+\.\d) %, (\d+\.\d) min$")
+    got = [pattern.match(ln) for ln in lines]
+    assert lines and all(got), lines[:3]
+    steps = [int(m[1]) for m in got]
+    longest = max(r["steps"] for r in result.rows)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= longest
+    assert [int(m[2]) for m in got][-1] == 0 and all(float(m[3]) <= float(m[4]) for m in got)
