@@ -22,7 +22,7 @@ import numpy as np
 from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["AXES", "component_effects", "EFFECT_COLUMNS", "t_quantile", "average_ranks", "rank_similarity",
-           "clusters", "removal_overlap"]
+           "clusters", "removal_overlap", "rate_gap", "alike", "RHO_BINS"]
 
 AXES = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 EFFECT_COLUMNS = ("axis", "level_a", "level_b", "n_pairs", "n_cells", "n_identical", "n_censored", "mean_diff",
@@ -377,3 +377,59 @@ def similarity_figure(plt, rho: np.ndarray, ids: Sequence[str], order: Sequence[
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=7, color="0.3", ha="left", va="bottom")
     fig.tight_layout(rect=(0, 0.02 + 0.025 * len(notes), 1, 1))
     return fig
+
+
+def rate_gap(scores: Sequence[dict], metrics: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over cells of |rate(a) - rate(b)| (``conv_weights_removed_pct``), over the cells where
+    both metrics crossed the threshold. Returns (gap, cells): [M, M] each; gap NaN where no cell
+    has both."""
+    idx = {m: i for i, m in enumerate(metrics)}
+    per_cell: dict[str, dict[int, float]] = {}
+    for r in scores:
+        if r["metric_id"] in idx and r.get("crossed") and r.get("conv_weights_removed_pct") is not None:
+            per_cell.setdefault(r["cell_id"], {})[idx[r["metric_id"]]] = float(r["conv_weights_removed_pct"])
+    M = len(metrics)
+    total, count = np.zeros((M, M)), np.zeros((M, M))
+    for rates in per_cell.values():
+        ms = np.array(sorted(rates))
+        v = np.array([rates[m] for m in ms])
+        total[np.ix_(ms, ms)] += np.abs(v[:, None] - v[None, :])
+        count[np.ix_(ms, ms)] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan), count
+
+
+RHO_BINS = (0.9, 0.5, 0.0, -1.0)   # lower edges: rho >= 0.9, [0.5, 0.9), [0, 0.5), [-1, 0)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3:
+        return None
+    r = average_ranks(np.stack([x, y]))
+    c = r - r.mean(axis=1, keepdims=True)
+    den = math.sqrt(float((c[0] ** 2).sum() * (c[1] ** 2).sum()))
+    return None if den == 0 else float((c[0] * c[1]).sum() / den)
+
+
+def alike(rho: np.ndarray, overlap: np.ndarray | None, gap: np.ndarray | None) -> tuple[list[dict], dict]:
+    """Do metrics that rank alike prune alike? Over the pairs of distinct metrics (each pair once):
+    per band of rho (``RHO_BINS``), the pairs, their mean rho, mean overlap of the first removals
+    and mean rate gap (each over the pairs where it is known); and Spearman's correlation across
+    pairs of rho with the overlap and with the gap (None under three pairs). Returns (bands, corr)."""
+    iu, ju = np.triu_indices(rho.shape[0], 1)
+    r = rho[iu, ju]
+    o = overlap[iu, ju] if overlap is not None else np.full(len(r), np.nan)
+    g = gap[iu, ju] if gap is not None else np.full(len(r), np.nan)
+    bands, upper = [], math.inf
+    for low in RHO_BINS:
+        inb = np.isfinite(r) & (r >= low) & (r < upper)
+        ob, gb = o[inb & np.isfinite(o)], g[inb & np.isfinite(g)]
+        bands.append({"rho_low": low, "rho_high": None if upper == math.inf else upper, "pairs": int(inb.sum()),
+                      "mean_rho": float(r[inb].mean()) if inb.any() else None,
+                      "overlap_pairs": len(ob), "mean_overlap": float(ob.mean()) if len(ob) else None,
+                      "gap_pairs": len(gb), "mean_gap": float(gb.mean()) if len(gb) else None})
+        upper = low
+    ko, kg = np.isfinite(r) & np.isfinite(o), np.isfinite(r) & np.isfinite(g)
+    corr = {"rho_vs_overlap": _spearman(r[ko], o[ko]), "overlap_pairs": int(ko.sum()),
+            "rho_vs_gap": _spearman(r[kg], g[kg]), "gap_pairs": int(kg.sum())}
+    return bands, corr

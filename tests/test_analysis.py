@@ -142,6 +142,37 @@ def expect(diffs, cells):
     return mean, sd, (mean - half, mean + half), (cmean - chalf, cmean + chalf)
 
 
+def test_rate_gap_and_alike_by_hand():
+    from prunetax.benchmarks.analysis import alike, rate_gap
+
+    rows = [{"cell_id": "c1", "metric_id": "a", "crossed": True, "conv_weights_removed_pct": 10.0},
+            {"cell_id": "c1", "metric_id": "b", "crossed": True, "conv_weights_removed_pct": 16.0},
+            {"cell_id": "c1", "metric_id": "c", "crossed": False, "conv_weights_removed_pct": 90.0},
+            {"cell_id": "c2", "metric_id": "a", "crossed": True, "conv_weights_removed_pct": 20.0},
+            {"cell_id": "c2", "metric_id": "b", "crossed": True, "conv_weights_removed_pct": 18.0},
+            {"cell_id": "c2", "metric_id": "c", "crossed": True, "conv_weights_removed_pct": 50.0},
+            {"cell_id": "c2", "metric_id": "x", "crossed": True, "conv_weights_removed_pct": 1.0}]
+    gap, cells = rate_gap(rows, ["a", "b", "c"])
+    assert gap[0, 1] == gap[1, 0] == (6 + 2) / 2 and cells[0, 1] == 2        # |10-16|, |20-18|
+    assert gap[0, 2] == 30.0 and cells[0, 2] == 1                               # c did not cross in c1
+    assert gap[0, 0] == 0.0 and cells[2, 2] == 1
+    # four metrics: rho of the pairs (01 .95, 02 .6, 03 .2, 12 -.5, 13 .7, 23 .91)
+    rho = np.eye(4)
+    for (i, j), v in {(0, 1): .95, (0, 2): .6, (0, 3): .2, (1, 2): -.5, (1, 3): .7, (2, 3): .91}.items():
+        rho[i, j] = rho[j, i] = v
+    ov = np.full((4, 4), np.nan)
+    for (i, j), v in {(0, 1): .8, (0, 2): .5, (0, 3): .1, (1, 2): 0.0, (1, 3): .6}.items():   # (2, 3) unknown
+        ov[i, j] = ov[j, i] = v
+    bands, corr = alike(rho, ov, None)
+    assert [b["pairs"] for b in bands] == [2, 2, 1, 1]
+    assert bands[0]["mean_rho"] == pytest.approx((.95 + .91) / 2) and bands[0]["mean_overlap"] == .8
+    assert bands[0]["overlap_pairs"] == 1 and bands[1]["mean_overlap"] == pytest.approx(.55)
+    assert (bands[3]["rho_low"], bands[3]["rho_high"], bands[3]["mean_overlap"]) == (-1.0, 0.0, 0.0)
+    assert bands[0]["mean_gap"] is None and corr["rho_vs_gap"] is None and corr["gap_pairs"] == 0
+    # rho and overlap of the 5 known pairs rank identically: Spearman 1
+    assert corr["rho_vs_overlap"] == pytest.approx(1.0) and corr["overlap_pairs"] == 5
+
+
 def test_effects_by_hand(tmp_path, capsys):
     write_effects(tmp_path / "R")
     assert cli_main(["effects", str(tmp_path / "R"), "--out", str(tmp_path / "E"), "--format", "png,pdf"]) == 0
@@ -235,9 +266,10 @@ def test_similarity_command_end_to_end(tmp_path, capsys):
              "unit": u, "conv_weights_removed_pct": 1.0, "channels_removed_pct": 1.0, "macs_removed_pct": 1.0,
              "accuracy": None} for m, us in units.items() for s, u in enumerate(us)]
     rows = []
-    for m in units:
+    for m, rate in zip(units, (10.0, 14.0, 30.0)):
         r = dict.fromkeys(ROW_COLUMNS)
-        r.update(cell_id=c.id, metric_id=m, network="lenet5", dataset="mnist", seed=0, conv_weights_removed_pct=1.0)
+        r.update(cell_id=c.id, metric_id=m, network="lenet5", dataset="mnist", seed=0, conv_weights_removed_pct=rate,
+                 crossed=True)
         rows.append(r)
     write_cell_result(res, CellResult(c, rows, traj, 1.0))
     common = ["--model", "lenet5", "--checkpoint", str(ckpt), "--metrics", ",".join(ids), "--images", "32"]
@@ -257,6 +289,12 @@ def test_similarity_command_end_to_end(tmp_path, capsys):
     assert got[(ids[0], ids[1])]["overlap_first_n"] == pytest.approx(1.0)
     assert got[(ids[0], ids[2])]["overlap_first_n"] == 0.0 and got[(ids[0], ids[2])]["overlap_cells"] == 1
     assert got[(ids[0], ids[3])]["overlap_first_n"] is None
+    # rate gaps: |10 - 14|, |10 - 30|; activation-value-l2-elements never ran
+    assert (got[(ids[0], ids[1])]["rate_gap"], got[(ids[1], ids[0])]["rate_gap"]) == (4.0, 4.0)
+    assert got[(ids[0], ids[2])]["rate_gap"] == 20.0 and got[(ids[0], ids[2])]["rate_cells"] == 1
+    assert got[(ids[0], ids[3])]["rate_gap"] is None and got[(ids[0], ids[3])]["rate_cells"] == 0
+    assert "rank alike -> prune alike" in printed and "## Do metrics that rank alike prune alike?" in (
+        out / "clusters_lenet5_mnist.md").read_text()
     # the same values through prunetax saliency, ranked here (lenet5 is a chain: one channel per unit)
     assert cli_main(["saliency", *common, "--out", str(tmp_path / "sal.parquet")]) == 0
     sal = pq.read_table(tmp_path / "sal.parquet").to_pylist()

@@ -65,7 +65,8 @@ def run(args) -> int:
     import torch
 
     from prunetax.benchmarks._version import __version__
-    from prunetax.benchmarks.analysis import clusters, rank_similarity, removal_overlap, similarity_figure
+    from prunetax.benchmarks.analysis import (alike, clusters, rank_similarity, rate_gap, removal_overlap,
+                                              similarity_figure)
     from prunetax.benchmarks.cell import Cell, Protocol
     from prunetax.benchmarks.commands._flags import at_least, flag
     from prunetax.benchmarks.commands.saliency import (baseline_loader, check_finite, check_network_arguments,
@@ -109,17 +110,20 @@ def run(args) -> int:
     rho, tau = rank_similarity(values)
     order, label = clusters(rho, args.min_rho)
 
-    overlap = cells = None
+    overlap = cells = gap = gap_cells = None
     if args.results:
         import pyarrow.compute as pc
 
-        from prunetax.benchmarks.results import read_trajectories
+        from prunetax.benchmarks.results import read_scores, read_trajectories
+
+        def ours(table):
+            return table.filter(pc.and_(pc.and_(pc.equal(table.column("network"), args.model),
+                                                pc.equal(table.column("dataset"), args.dataset)),
+                                        pc.is_in(table.column("metric_id"), value_set=pa.array(ids, pa.string()))))
         with flag("--results", args.results):
-            table = read_trajectories(args.results)
-        keep = pc.and_(pc.and_(pc.equal(table.column("network"), args.model),
-                               pc.equal(table.column("dataset"), args.dataset)),
-                       pc.is_in(table.column("metric_id"), value_set=pa.array(ids, pa.string())))
-        overlap, cells = removal_overlap(table.filter(keep).to_pylist(), ids, args.first)
+            table, scores = read_trajectories(args.results), read_scores(args.results)
+        overlap, cells = removal_overlap(ours(table).to_pylist(), ids, args.first)
+        gap, gap_cells = rate_gap(ours(scores).to_pylist(), ids)
         if not (cells > 0).any():
             raise PrunetaxError(f"--results {args.results}: no trajectory of these metrics on {args.model} / "
                                 f"{args.dataset} with {args.first} steps (--first)")
@@ -139,6 +143,8 @@ def run(args) -> int:
     if overlap is not None:
         pairs["overlap_first_n"] = col(overlap)
         pairs["overlap_cells"] = pa.array(cells.ravel().astype(np.int64), pa.int64())
+        pairs["rate_gap"] = col(gap)
+        pairs["rate_cells"] = pa.array(gap_cells.ravel().astype(np.int64), pa.int64())
     write_parquet(pa.table(pairs), str(out / f"similarity_{tag}.parquet"), meta)
 
     n_clusters = max(label) + 1
@@ -162,8 +168,14 @@ def run(args) -> int:
           f"{M} metrics ranking {U} units ({source}; {args.images} eval images). Spearman's rho between every two "
           f"metrics' unit rankings: median {np.nanmedian(off):.3f}, min {np.nanmin(off):.3f}. Clusters: average "
           f"linkage on 1 - rho, cut where the average rho falls below {args.min_rho:g}.\n\n"
-          f"{format_markdown(table, ['cluster', 'size', 'mean rho', 'shared components', 'metrics'])}\n"
-          f"`{command}`\n")
+          f"{format_markdown(table, ['cluster', 'size', 'mean rho', 'shared components', 'metrics'])}\n")
+    said = ""
+    if overlap is not None:
+        bands, corr = alike(rho, overlap, gap)
+        md += "\n" + _alike_section(bands, corr, args.first, args.results)
+        said = (f"; rank alike -> prune alike: Spearman of rho with the first-{args.first} overlap "
+                f"{_num(corr['rho_vs_overlap'])}, with the rate gap {_num(corr['rho_vs_gap'])}")
+    md += f"\n`{command}`\n"
     with atomic_path(out / f"clusters_{tag}.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
 
@@ -180,5 +192,27 @@ def run(args) -> int:
     big = max(len(ms) for ms in members)
     print(f"similarity: {M} metrics x {U} units of {args.model} / {args.dataset} ({source}); median rho "
           f"{np.nanmedian(off):.3f}; {sum(len(ms) > 1 for ms in members)} clusters of 2+ at rho >= {args.min_rho:g} "
-          f"(largest {big}); wrote {3 + len(formats)} files to {out}")
+          f"(largest {big}){said}; wrote {3 + len(formats)} files to {out}")
     return 0
+
+
+def _num(v, fmt: str = "+.3f") -> str:
+    return "n/a" if v is None else format(v, fmt)
+
+
+def _alike_section(bands: list[dict], corr: dict, first: int, results) -> str:
+    """The markdown of ``analysis.alike``: rank alike, prune alike?"""
+    from prunetax.benchmarks.io import format_markdown
+
+    rows = [{"rho": (f">= {b['rho_low']:g}" if b["rho_high"] is None else f"[{b['rho_low']:g}, {b['rho_high']:g})"),
+             "pairs": str(b["pairs"]), "mean rho": _num(b["mean_rho"], ".3f"),
+             f"overlap of first {first}": f"{_num(b['mean_overlap'], '.3f')} ({b['overlap_pairs']})",
+             "rate gap (points)": f"{_num(b['mean_gap'], '.2f')} ({b['gap_pairs']})"} for b in bands]
+    return (f"## Do metrics that rank alike prune alike?\n\n"
+            f"Pairs of distinct metrics by their rho at the baseline, against what {results} shows they did: the "
+            f"overlap of their first {first} removals and the gap between their rates (|rate a - rate b|, "
+            f"points of % conv weights removed), each averaged over the cells where both ran (the pairs "
+            f"behind each mean in brackets). Across pairs, Spearman's correlation of rho with the overlap: "
+            f"{_num(corr['rho_vs_overlap'])} ({corr['overlap_pairs']} pairs); with the rate gap: "
+            f"{_num(corr['rho_vs_gap'])} ({corr['gap_pairs']} pairs).\n\n"
+            + format_markdown(rows, ["rho", "pairs", "mean rho", f"overlap of first {first}", "rate gap (points)"]))
