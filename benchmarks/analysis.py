@@ -181,29 +181,44 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
 
 
 def effects_figure(plt, effects: list[dict], title: str, by: Sequence[str] = ()):
-    """A forest plot: one row per comparison (rate(b) - rate(a), the CI over pairs), grouped by axis."""
+    """A forest plot: one row per comparison (axis: b - a), one panel per ``by`` group side by side
+    (rows shared); the mean difference with its interval over the pairs (dark, capped) and over the
+    cells' mean differences (wide, light; where there are two cells or more)."""
     rows = [e for e in effects if e["mean_diff"] is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.26 * len(rows) + 1.4)))
+    groups = list(dict.fromkeys(tuple(e.get(b) for b in by) for e in rows))
+    comps = list(dict.fromkeys((e["axis"], e["level_a"], e["level_b"]) for e in rows))
+    ypos = {c: y for y, c in enumerate(comps)}
+    width = min(4.2, max(2.6, 11.0 / len(groups)))
+    fig, axs = plt.subplots(1, len(groups), sharey=True, squeeze=False,
+                            figsize=(2.8 + width * len(groups), max(2.5, 0.24 * len(comps) + 1.6)))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    axes_seen = list(dict.fromkeys(e["axis"] for e in rows))
-    labels = []
-    for y, e in enumerate(rows):
-        color = colors[axes_seen.index(e["axis"]) % len(colors)]
-        lo = e["ci_low"] if e["ci_low"] is not None else e["mean_diff"]
-        hi = e["ci_high"] if e["ci_high"] is not None else e["mean_diff"]
-        ax.errorbar(e["mean_diff"], y, xerr=[[e["mean_diff"] - lo], [hi - e["mean_diff"]]], fmt="o", color=color,
-                    ms=4, capsize=2, lw=1)
-        extra = " ".join(f"{b}={e[b]}" for b in by)
-        labels.append(f"{extra + ': ' if extra else ''}{e['axis']}: {e['level_b']} - {e['level_a']}  (n={e['n_pairs']})")
-    ax.axvline(0, color="0.4", lw=0.8)
-    ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"difference in conv weights removed (percentage points), mean and "
-                  f"{rows[0]['confidence'] * 100:g} % CI over pairs")
-    ax.set_title(title, fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
+    axes_seen = list(dict.fromkeys(c[0] for c in comps))
+    for ax, g in zip(axs[0], groups):
+        for e in (e for e in rows if tuple(e.get(b) for b in by) == g):
+            y, m = ypos[(e["axis"], e["level_a"], e["level_b"])], e["mean_diff"]
+            color = colors[axes_seen.index(e["axis"]) % len(colors)]
+            if e["cell_ci_low"] is not None:
+                ax.plot([e["cell_ci_low"], e["cell_ci_high"]], [y, y], color=color, alpha=0.3, lw=5,
+                        solid_capstyle="butt")
+            lo = e["ci_low"] if e["ci_low"] is not None else m
+            hi = e["ci_high"] if e["ci_high"] is not None else m
+            ax.errorbar(m, y, xerr=[[m - lo], [hi - m]], fmt="o", color=color, ms=4, capsize=2, lw=1)
+        ax.axvline(0, color="0.4", lw=0.8)
+        ax.grid(axis="x", alpha=0.3)
+        if by:
+            ax.set_title(", ".join(f"{b}={v}" for b, v in zip(by, g)), fontsize=8)
+    n_pairs = {}
+    for e in rows:
+        n_pairs.setdefault((e["axis"], e["level_a"], e["level_b"]), []).append(e["n_pairs"])
+    labels = [f"{a}: {hi} - {lo}  (n={'/'.join(map(str, n_pairs[(a, lo, hi)]))})" for a, lo, hi in comps]
+    axs[0][0].set_yticks(range(len(comps)), labels, fontsize=7)
+    axs[0][0].invert_yaxis()
+    conf = f"{rows[0]['confidence'] * 100:g} %"
+    fig.supxlabel(f"difference in conv weights removed (percentage points): mean, {conf} CI over pairs (capped), "
+                  f"over cells (wide band)", fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
