@@ -115,6 +115,14 @@ def _level_order(axis: str, values) -> list[str]:
     return sorted(values, key=lambda v: (order.get(v, len(order)), str(v)))
 
 
+def _baseline_of(cell: str, row: dict) -> tuple:
+    """What a cell's pairs share: its baseline (digest) and protocol; cells of two grids run on one
+    baseline (same seed and recipe) under one protocol are one draw of the baseline's noise. The
+    cell id where the digest is unknown (folders written before the column)."""
+    digest = row.get("baseline_digest")
+    return ("cell", cell) if digest is None else (digest, row.get("protocol"))
+
+
 def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: float = 0.95,
                       keep_censored: bool = False) -> list[dict]:
     """Paired differences per axis and pair of its levels (module docstring), from score rows.
@@ -128,7 +136,8 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
     same metric (``ran_as``: equivalent on that network, a difference of 0 by construction).
     ``ci_low``/``ci_high``: t interval of the mean over the pairs (pairs of one cell share its
     baseline: read it as the spread over metrics); ``cell_ci_*``: t interval over the cells'
-    mean differences (null under two cells). ``b_better``: fraction of pairs with b > a.
+    mean differences (null under two cells), where cells run on one baseline under one protocol
+    (two grids' cells of one seed) count as one cell, as in ``n_cells``. ``b_better``: fraction of pairs with b > a.
     Grouped by ``by`` (score columns) too. Returns one dict per comparison (``by`` + EFFECT_COLUMNS).
     """
     if not 0 < confidence < 1:
@@ -163,9 +172,9 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
             items = pairs[group]
             kept = [(c, a, b) for c, a, b in items if keep_censored or (a.get("crossed") and b.get("crossed"))]
             diffs = [b["conv_weights_removed_pct"] - a["conv_weights_removed_pct"] for _, a, b in kept]
-            per_cell: dict[str, list[float]] = {}
-            for (c, _, _), d in zip(kept, diffs):
-                per_cell.setdefault(c, []).append(d)
+            per_cell: dict[tuple, list[float]] = {}
+            for (c, ra, _), d in zip(kept, diffs):
+                per_cell.setdefault(_baseline_of(c, ra), []).append(d)
             sd, lo, hi = _mean_ci(diffs, confidence)
             _, clo, chi = _mean_ci([float(np.mean(v)) for v in per_cell.values()], confidence)
             out.append({**dict(zip(by, group[:len(by)])), "axis": axis, "level_a": group[-2], "level_b": group[-1],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -214,6 +215,27 @@ def test_effects_by_hand(tmp_path, capsys):
     kept = {(e["axis"], e["level_a"]): e for e in component_effects(rows, keep_censored=True)}
     assert kept[("pointwise", "value")]["n_pairs"] == 4
     assert kept[("pointwise", "value")]["mean_diff"] == pytest.approx((3 + 3 + 79 + 79) / 4)
+
+
+def test_cells_on_one_baseline_count_once():
+    """Two grids' cells of one seed share its baseline: one draw for the interval over cells."""
+    def row(cell, digest, scaling, rate):
+        return {"cell_id": cell, "metric_id": f"weight-value-l1-{scaling}", "kind": "spec", "base_input": "weight",
+                "pointwise": "value", "reduction": "l1", "scaling": scaling, "structure": "channel",
+                "aggregation": "per_image", "conv_weights_removed_pct": rate, "crossed": True, "ran_as": None,
+                "baseline_digest": digest, "protocol": "{}"}
+    # seed 0's baseline in two cells (differences 2 and 4), seed 1's in one (difference 9)
+    rows = [row("a0", "d0", "none", 10.0), row("a0", "d0", "elements", 12.0),
+            row("b0", "d0", "none", 10.0), row("b0", "d0", "elements", 14.0),
+            row("a1", "d1", "none", 20.0), row("a1", "d1", "elements", 29.0)]
+    e = next(e for e in component_effects(rows) if e["axis"] == "scaling")
+    assert (e["n_pairs"], e["n_cells"], e["mean_diff"]) == (3, 2, 5.0)
+    means = [3.0, 9.0]                                   # baseline d0: (2 + 4) / 2; d1: 9
+    half = T975[1] * statistics.stdev(means) / math.sqrt(2)
+    assert (e["cell_ci_low"], e["cell_ci_high"]) == (pytest.approx(6.0 - half), pytest.approx(6.0 + half))
+    for r in rows:                                       # no digest (older folders): each cell counts
+        r["baseline_digest"] = None
+    assert next(e for e in component_effects(rows) if e["axis"] == "scaling")["n_cells"] == 3
 
 
 def test_effects_among_chosen_metrics(tmp_path, capsys):
