@@ -218,10 +218,11 @@ def effects_figure(plt, effects: list[dict], title: str, by: Sequence[str] = ())
         ax.grid(axis="x", alpha=0.3)
         if by:
             ax.set_title(", ".join(f"{b}={v}" for b, v in zip(by, g)), fontsize=8)
-    n_pairs = {}
-    for e in rows:
-        n_pairs.setdefault((e["axis"], e["level_a"], e["level_b"]), []).append(e["n_pairs"])
-    labels = [f"{a}: {hi} - {lo}  (n={'/'.join(map(str, n_pairs[(a, lo, hi)]))})" for a, lo, hi in comps]
+    n_pairs = {(e["axis"], e["level_a"], e["level_b"], tuple(e.get(b) for b in by)): e["n_pairs"] for e in rows}
+    labels = []
+    for a, lo, hi in comps:               # pairs per panel, left to right
+        ns = [str(n_pairs[(a, lo, hi, g)]) for g in groups if (a, lo, hi, g) in n_pairs]
+        labels.append(f"{a}: {hi} - {lo}  (n={'/'.join(ns)})")
     axs[0][0].set_yticks(range(len(comps)), labels, fontsize=7)
     axs[0][0].invert_yaxis()
     conf = f"{rows[0]['confidence'] * 100:g} %"
