@@ -153,7 +153,8 @@ def test_metric_the_network_cannot_compute_fails_before_training(tmp_path):
 
 def test_grid_file_without_tomllib(tmp_path):
     """Python 3.10 has no tomllib: the grid file is read with tomli."""
-    import tomli  # noqa: F401 -- a dependency on 3.10 and of the test extra: a broken install fails here
+    import tomli  # a dependency on 3.10 and of the test extra: a broken install fails here
+    assert tomli.loads("a = [1]") == {"a": [1]}
     grid = tmp_path / "g.toml"
     grid.write_text('networks = ["lenet5"]\ndatasets = ["mnist"]\nseeds = [0, 1]\n[protocol]\nthreshold = 2.0\n')
     code = ("import sys; sys.modules['tomllib'] = None\n"
