@@ -137,7 +137,8 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
     ``ci_low``/``ci_high``: t interval of the mean over the pairs (pairs of one cell share its
     baseline: read it as the spread over metrics); ``cell_ci_*``: t interval over the cells'
     mean differences (null under two cells), where cells run on one baseline under one protocol
-    (two grids' cells of one seed) count as one cell, as in ``n_cells``. ``b_better``: fraction of pairs with b > a.
+    (two grids' cells of one seed) count as one cell, as in ``n_cells``. ``b_better``: fraction
+    of pairs with b > a.
     Grouped by ``by`` (score columns) too. Returns one dict per comparison (``by`` + EFFECT_COLUMNS).
     """
     if not 0 < confidence < 1:
@@ -251,6 +252,15 @@ def average_ranks(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pearson_rows(x: np.ndarray) -> np.ndarray:
+    """Pearson's correlation between every two rows of ``x`` (of ranks: Spearman's rho); NaN where
+    a row is constant."""
+    c = x - x.mean(axis=1, keepdims=True)
+    norm = np.sqrt((c * c).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (c @ c.T) / np.outer(norm, norm)
+
+
 def rank_similarity(values: np.ndarray, chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
     """Spearman's rho and Kendall's tau-b between every two rows of ``values`` [M metrics, U units].
 
@@ -261,10 +271,7 @@ def rank_similarity(values: np.ndarray, chunk: int = 16384) -> tuple[np.ndarray,
     """
     ranks = average_ranks(values)
     M, U = ranks.shape
-    c = ranks - ranks.mean(axis=1, keepdims=True)
-    norm = np.sqrt((c * c).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (c @ c.T) / np.outer(norm, norm)
+    rho = _pearson_rows(ranks)
     iu, ju = np.triu_indices(U, 1)
     num = np.zeros((M, M), dtype=np.float64)
     r32 = ranks.astype(np.float64)
@@ -428,12 +435,11 @@ RHO_BINS = (0.9, 0.5, 0.0, -1.0)   # lower edges: rho >= 0.9, [0.5, 0.9), [0, 0.
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman's rho of two vectors; None under three values or where one is constant."""
     if len(x) < 3:
         return None
-    r = average_ranks(np.stack([x, y]))
-    c = r - r.mean(axis=1, keepdims=True)
-    den = math.sqrt(float((c[0] ** 2).sum() * (c[1] ** 2).sum()))
-    return None if den == 0 else float((c[0] * c[1]).sum() / den)
+    rho = _pearson_rows(average_ranks(np.stack([x, y])))[0, 1]
+    return None if np.isnan(rho) else float(rho)
 
 
 def alike(rho: np.ndarray, overlap: np.ndarray | None, gap: np.ndarray | None) -> tuple[list[dict], dict]:

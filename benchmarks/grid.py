@@ -507,8 +507,8 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     its state every ``checkpoint_every`` seconds (and on SIGTERM/SIGINT) under ``results/state``,
     and a rerun resumes it. ``progress``: bars on a terminal (a bar over cells; at ``n_jobs`` 1
     also the cell's bar over steps); otherwise one plain line per baseline trained and per cell
-    completed, and at ``n_jobs`` 1 a line on the running cell at most once a minute. Two runs on one results root are safe: a cell may be computed twice, never
-    written half.
+    completed, and at ``n_jobs`` 1 a line on the running cell at most once a minute. Two runs on
+    one results root are safe: a cell may be computed twice, never written half.
 
     ``pretrain``: with workers, train every missing baseline here first, so that each is trained
     once, on the client's device and thread count (False: each cell trains or reads its own).

@@ -1131,12 +1131,17 @@ class _ProgressLines:
         if now - self.last < PROGRESS_LINE_EVERY:
             return
         self.last = now
-        pr = run.pruning
-        accs = pr.last_accuracies
-        metric = f"metric {run.index + 1}/{len(run.groups)}, " if run.retraining else ""
-        acc = f", acc {min(accs):.1f}-{max(accs):.1f} %" if accs else ""
-        print(f"{self.cell.id}: step {pr.step_no}, {metric}{len(pr.pending)}/{len(pr.active)} trajectories "
-              f"running{acc}, {(before + now - self.start) / 60:.1f} min", file=sys.stderr, flush=True)
+        print(f"{self.cell.id}: step {run.pruning.step_no}, {_status(run, 'trajectories running')}, "
+              f"{(before + now - self.start) / 60:.1f} min", file=sys.stderr, flush=True)
+
+
+def _status(run: CellPruning, running: str = "running") -> str:
+    """What a cell's progress shows: with retraining, which metric runs; the trajectories still
+    running; the range of the accuracies of the latest evaluation."""
+    pr = run.pruning
+    accs = pr.last_accuracies
+    metric = f"metric {run.index + 1}/{len(run.groups)}, " if run.retraining else ""
+    return f"{metric}{len(pr.pending)}/{len(pr.active)} {running}, acc {min(accs):.1f}-{max(accs):.1f} %"
 
 
 def _show(bar, run: CellPruning) -> None:
@@ -1146,7 +1151,4 @@ def _show(bar, run: CellPruning) -> None:
     if pr.step_no < bar.n:                 # the next metric's loop has started
         bar.reset()
     bar.update(pr.step_no - bar.n)
-    accs = pr.last_accuracies
-    metric = f"metric {run.index + 1}/{len(run.groups)}, " if run.retraining else ""
-    bar.set_postfix_str(f"{metric}{len(pr.pending)}/{len(pr.active)} running, "
-                        f"acc {min(accs):.1f}-{max(accs):.1f} %")
+    bar.set_postfix_str(_status(run))

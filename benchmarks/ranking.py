@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from prunetax.taxonomy.errors import PrunetaxError
 
-__all__ = ["LEADERBOARD_COLUMNS", "VERSUS_COLUMNS", "rank_scores", "select_metrics", "match_metrics", "AUTHORS_RATES",
+__all__ = ["LEADERBOARD_COLUMNS", "VERSUS_COLUMNS", "rank_scores", "select_metrics", "match_metrics",
+           "metric_patterns", "AUTHORS_RATES",
            "AUTHORS_PROTOCOL", "AUTHORS_SOURCE", "FORMATS", "parse_top", "render", "group_sections"]
 
 if TYPE_CHECKING:  # pyarrow is imported where used: the command line builds its parser without it
@@ -145,11 +146,13 @@ def _metric_id(text: str, known) -> str | None:
     return canonical if canonical in known else None
 
 
-def _versus(metrics: dict[str, list[dict]], versus: str, confidence: float) -> dict[str, dict]:
-    """Per metric of one group: its reference (``versus``) and the paired difference over shared cells."""
+def _versus(metrics: dict[str, list[dict]], versus: str, axis: tuple[str, str] | None,
+            confidence: float) -> dict[str, dict]:
+    """Per metric of one group: its reference (``versus``; ``axis``: its ``AXIS=LEVEL`` parsed,
+    None for a metric) and the paired difference over shared cells."""
     from prunetax.benchmarks.analysis import _mean_ci
 
-    axis = _reference(versus)
+    named = _metric_id(versus, metrics) if axis is None else None    # one reference for the group
     comps: dict[tuple, str] = {}
     for metric, runs in metrics.items():  # the spec row wins over a named metric of the same components
         key = tuple(runs[0][c] for c in _COMPONENTS)
@@ -158,7 +161,7 @@ def _versus(metrics: dict[str, list[dict]], versus: str, confidence: float) -> d
     out = {}
     for metric, runs in metrics.items():
         if axis is None:
-            ref = _metric_id(versus, metrics)
+            ref = named
         else:
             key = tuple(runs[0][c] for c in _COMPONENTS)
             i = _COMPONENTS.index(axis[0])
@@ -195,8 +198,8 @@ def rank_scores(scores: "pa.Table", by: Sequence[str] = ("network", "dataset"), 
     cells where the metric removed more; cells where either never crossed the threshold are left
     out and counted in ``vs_censored``. ``versus`` is null where the group has no reference.
     """
+    axis = None if versus is None else _reference(versus)   # a malformed AXIS=LEVEL fails before any work
     if versus is not None:
-        _reference(versus)  # a malformed AXIS=LEVEL fails before any work
         if not 0 < confidence < 1:
             raise PrunetaxError(f"confidence must be in (0, 1), got {confidence}")
     import numpy as np
@@ -276,7 +279,7 @@ def rank_scores(scores: "pa.Table", by: Sequence[str] = ("network", "dataset"), 
                 "authors_rate": i["authors_rate"], "authors_note": i["authors_note"]})
         oracle = next((s["mean"] for s in stats if s["metric_id"] == "oracle"), None)
         if versus is not None:
-            vs = _versus(groups[key], versus, confidence)
+            vs = _versus(groups[key], versus, axis, confidence)
             for s in stats:
                 s.update(vs[s["metric_id"]])
         for s in stats:
@@ -286,13 +289,21 @@ def rank_scores(scores: "pa.Table", by: Sequence[str] = ("network", "dataset"), 
         for rank, s in enumerate(stats, 1):
             s["rank"] = rank
         out += stats if top is None else stats[:top]
-    if versus is not None and _reference(versus) is None and not any(s["versus"] for s in out):
+    if versus is not None and axis is None and not any(s["versus"] for s in out):
         raise PrunetaxError(f"versus {versus!r}: no such metric in {source or 'these results'}; give a metric id, "
                             "a named metric, random or oracle that ran, or AXIS=LEVEL (e.g. scaling=none)")
     columns = LEADERBOARD_COLUMNS + (VERSUS_COLUMNS if versus is not None else ())
     schema = pa.schema([(b, scores.schema.field(b).type) for b in by] +
                        [(c, _type(c)) for c in columns if c not in by])
     return pa.Table.from_pylist(out, schema=schema)
+
+
+def metric_patterns(text: str) -> list[str]:
+    """The comma-separated patterns of a ``--metrics`` option; none at all is an error."""
+    patterns = [m.strip() for m in text.split(",") if m.strip()]
+    if not patterns:
+        raise PrunetaxError("--metrics is empty; give metric ids, named metrics or globs, comma-separated")
+    return patterns
 
 
 def match_metrics(known: Sequence[str], patterns: Sequence[str], source: str | None = None) -> set[str]:

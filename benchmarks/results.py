@@ -254,6 +254,8 @@ def read_trajectories(root) -> pa.Table:
 from prunetax.benchmarks.ranking import LEADERBOARD_COLUMNS, rank_scores  # noqa: E402
 
 
-def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: int | None = None) -> pa.Table:
-    """The metrics of ``results_dir`` ranked per group (``prunetax.benchmarks.ranking.rank_scores``)."""
-    return rank_scores(read_scores(results_dir), by, top, source=str(results_dir))
+def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: int | None = None,
+                versus: str | None = None) -> pa.Table:
+    """The metrics of ``results_dir`` ranked per group (``prunetax.benchmarks.ranking.rank_scores``;
+    ``versus``: each metric's paired difference against a reference, as there)."""
+    return rank_scores(read_scores(results_dir), by, top, source=str(results_dir), versus=versus)

@@ -76,12 +76,9 @@ def run(args) -> int:
                             "scores/network=<n>/dataset=<d>/<cell>.parquet as prunetax bench writes them")
     rows = scores.to_pylist()
     if args.metrics is not None:
-        from prunetax.benchmarks.ranking import match_metrics
+        from prunetax.benchmarks.ranking import match_metrics, metric_patterns
 
-        patterns = [m.strip() for m in args.metrics.split(",") if m.strip()]
-        if not patterns:
-            raise PrunetaxError("--metrics is empty; give metric ids, named metrics or globs, comma-separated")
-        chosen = match_metrics([r["metric_id"] for r in rows], patterns, source=str(args.results))
+        chosen = match_metrics([r["metric_id"] for r in rows], metric_patterns(args.metrics), source=str(args.results))
         rows = [r for r in rows if r["metric_id"] in chosen]
     effects = component_effects(rows, by=by, confidence=args.confidence, keep_censored=args.keep_censored)
     command = command_line(args)

@@ -30,15 +30,12 @@ def run(args) -> int:
     import sys
 
     from prunetax.benchmarks.io import write_parquet, write_text
-    from prunetax.benchmarks.ranking import rank_scores, render, select_metrics
-    from prunetax.benchmarks.results import read_scores
+    from prunetax.benchmarks.ranking import metric_patterns, render, select_metrics
+    from prunetax.benchmarks.results import leaderboard
 
     by = tuple(b.strip() for b in args.by.split(",") if b.strip())
-    patterns = [m.strip() for m in (args.metrics or "").split(",") if m.strip()]
-    if args.metrics is not None and not patterns:
-        from prunetax.taxonomy.errors import PrunetaxError
-        raise PrunetaxError("--metrics is empty; give metric ids, named metrics or globs, comma-separated")
-    full = rank_scores(read_scores(args.results), by, source=str(args.results), versus=args.versus)
+    patterns = [] if args.metrics is None else metric_patterns(args.metrics)
+    full = leaderboard(args.results, by=by, versus=args.versus)
     groups = list(dict.fromkeys(full.column("group").to_pylist()))
     table = select_metrics(full, patterns, source=str(args.results)) if patterns else full
     if args.top is not None:
