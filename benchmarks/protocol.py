@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -498,18 +499,34 @@ def _count_of(accuracy: float, N: int) -> int:
     return int(round(accuracy * N / 100.0))
 
 
-def _kl(p: float, q: float) -> float:
-    """Kullback-Leibler divergence of Bernoulli(p) from Bernoulli(q)."""
-    if q <= 0.0:
-        return math.inf if p > 0.0 else 0.0
-    if q >= 1.0:
-        return math.inf if p < 1.0 else 0.0
-    out = 0.0
-    if p > 0.0:
-        out += p * math.log(p / q)
-    if p < 1.0:
-        out += (1.0 - p) * math.log((1.0 - p) / (1.0 - q))
-    return out
+@functools.lru_cache(maxsize=4096)
+def _hypergeometric_cuts(n: int, N: int, cstar: int, log_bound: float) -> tuple[int, int]:
+    """``(above, below)``: after ``n`` of ``N`` test images read in a uniformly random order, the
+    fewest right ones, ``above``, with P(X >= above) <= exp(-log_bound) when the whole set holds
+    ``cstar - 1`` right images, and the most, ``below``, with P(X <= below) <= exp(-log_bound)
+    when it holds ``cstar`` (X hypergeometric: n draws without replacement from N, of which so
+    many are right). ``n + 1`` / ``-1`` where no count is that unlikely. Exact tails, summed in
+    float64 from log-gamma (``tests/test_protocol.py`` checks them against rational arithmetic).
+    ``1 <= cstar <= N`` and ``0 < n < N``."""
+    def log_pmf(K):                     # x = 0..n; impossible counts get -inf
+        x = torch.arange(n + 1, dtype=torch.float64)
+        ok = (x <= K) & (n - x <= N - K)
+        xs = torch.where(ok, x, torch.zeros(()))
+        lg = torch.lgamma
+
+        def log_choose(a, b):
+            return lg(torch.as_tensor(a + 1.0, dtype=torch.float64)) - lg(b + 1.0) - lg(a - b + 1.0)
+        out = log_choose(K, xs) + log_choose(N - K, n - xs) - log_choose(N, torch.tensor(float(n)))
+        return torch.where(ok, out, torch.full((), -math.inf, dtype=torch.float64))
+
+    log_alpha = -log_bound
+    upper = torch.logcumsumexp(log_pmf(cstar - 1).flip(0), 0).flip(0)   # log P(X >= x), K = cstar - 1
+    hit = (upper <= log_alpha).nonzero()
+    above = int(hit[0]) if len(hit) else n + 1
+    lower = torch.logcumsumexp(log_pmf(cstar), 0)                        # log P(X <= x), K = cstar
+    hit = (lower <= log_alpha).nonzero()
+    below = int(hit[-1]) if len(hit) else -1
+    return above, below
 
 
 def _decide(c: int, n: int, N: int, cstar: int, log_bound: float | None) -> bool | None:
@@ -518,21 +535,20 @@ def _decide(c: int, n: int, N: int, cstar: int, log_bound: float | None) -> bool
 
     Certain: ``c >= cstar`` (above whatever the rest gives) or ``c + N - n < cstar`` (below even
     if all the rest are right). With ``log_bound`` = log(checks / delta), also when the images
-    read make the other side unlikely: under a uniformly random order, c is hypergeometric, and
-    P(c/n >= x) <= exp(-n KL(x || p)) for x > p (Hoeffding 1963, sampling without replacement,
-    section 6); so deciding "above" when n KL(c/n || (cstar - 1)/N) >= log_bound, or "below"
-    when n KL(c/n || cstar/N) >= log_bound, is wrong with probability at most delta / checks at
-    each check, delta over all of them."""
+    read make the other side unlikely: under a uniformly random order, c is hypergeometric, so
+    deciding "above" when c reaches ``_hypergeometric_cuts``'s first count (exact tail at
+    ``cstar - 1`` right, the most a mask below the target has) is wrong with probability at most
+    delta / checks at each check, delta over all of them; "below" the same at ``cstar``."""
     if c >= cstar:
         return True
     if c + (N - n) < cstar:
         return False
     if log_bound is None or n == 0:
         return None
-    p = c / n
-    if p > (cstar - 1) / N and n * _kl(p, (cstar - 1) / N) >= log_bound:
+    above, below = _hypergeometric_cuts(n, N, cstar, float(log_bound))
+    if c >= above:
         return True
-    if p < cstar / N and n * _kl(p, cstar / N) >= log_bound:
+    if c <= below:
         return False
     return None
 

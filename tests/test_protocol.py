@@ -298,8 +298,11 @@ def test_decide_by_hand_and_the_bound_holds():
     assert _decide(10, 150, N, cstar, None) is False      # certain: at most 10 + 850 = 860
     assert _decide(140, 150, N, cstar, None) is None      # 93 % of 150: not certain
     assert _decide(149, 150, N, cstar, 0.0) is True       # any evidence will do with log_bound 0
-    assert _decide(149, 150, N, cstar, math.log(10 / 1e-9)) is None   # 99.3 % of 150: not enough
-    assert _decide(495, 500, N, cstar, math.log(10 / 1e-9)) is True   # 99 % of 500: 500 KL(0.99||0.899) = 36 > 23
+    # with 899 right of 1,000 (just below): P(149+ of 150 right) = 6.0e-7 (by hand: Fractions of
+    # binomial coefficients) > 1e-10 = delta / 10: not enough; P(495+ of 500) = 3.4e-25: above
+    assert _decide(149, 150, N, cstar, math.log(10 / 1e-9)) is None
+    assert _decide(495, 500, N, cstar, math.log(10 / 1e-9)) is True
+    assert _decide(149, 150, N, cstar, math.log(1 / 1e-6)) is True    # 6.0e-7 <= 1e-6
     # the bound, by simulation: a mask just below the target (899 right) tested in random orders
     # at checkpoints 100, 200, ...: wrong "above" decisions at most delta of the time
     delta, trials = 0.2, 2000
@@ -316,6 +319,41 @@ def test_decide_by_hand_and_the_bound_holds():
                 wrong += side
                 break
     assert wrong / trials <= delta
+    # and "below" for a mask just at the target (900 right)
+    right[899] = 1
+    wrong = 0
+    for _ in range(trials):
+        seen = right[torch.randperm(N, generator=g)].cumsum(0)
+        for n in range(100, N + 1, 100):
+            side = _decide(int(seen[n - 1]), n, N, cstar, log_bound)
+            if side is not None:
+                wrong += not side
+                break
+    assert wrong / trials <= delta
+
+
+def test_hypergeometric_cuts_equal_rational_arithmetic():
+    """The sequential test's thresholds, against hypergeometric tails summed exactly in
+    Fractions of binomial coefficients, for every target count and sample size of small sets."""
+    from fractions import Fraction
+    from math import comb
+
+    from prunetax.benchmarks.protocol import _hypergeometric_cuts
+
+    def tail(N, K, n, xs):
+        return Fraction(sum(comb(K, x) * comb(N - K, n - x) for x in xs), comb(N, n))
+
+    checked = 0
+    for N in (9, 30):
+        for log_bound in (math.log(5 / 0.2), math.log(5 / 1e-4)):
+            alpha = Fraction(math.exp(-log_bound))
+            for cstar in range(1, N + 1):
+                for n in range(1, N):
+                    above = next((c for c in range(n + 1) if tail(N, cstar - 1, n, range(c, n + 1)) <= alpha), n + 1)
+                    below = max((c for c in range(n + 1) if tail(N, cstar, n, range(0, c + 1)) <= alpha), default=-1)
+                    assert _hypergeometric_cuts(n, N, cstar, log_bound) == (above, below), (N, cstar, n, log_bound)
+                    checked += above <= n or below >= 0
+    assert checked > 100      # many of them decide something
 
 
 def test_sequential_test_and_shared_masks_give_the_exhaustive_crossings(trained):
