@@ -235,13 +235,7 @@ class _Pruner:
             N = len(self.test_y)
             gen = torch.Generator().manual_seed(_TEST_ORDER_SEED + self.seed)
             order = torch.randperm(N, generator=gen, device="cpu").to(self.test_y.device)
-            first = max(1, min(N, _TEST_CHUNK, max(16, -(-N // 40))))
-            ends, b = [], 0
-            while b < N:
-                b += max(first, b // 2)
-                if N - b < first:
-                    b = N
-                ends.append(b)
+            ends = _chunk_ends(N)
             delta = self.p.sequential_delta
             self._seq = SimpleNamespace(x=self.test_x[order], y=self.test_y[order], ends=ends, cstar={},
                                         log_bound=math.log(len(ends) / delta) if delta > 0 else None)
@@ -497,6 +491,19 @@ class _Pruner:
 def _count_of(accuracy: float, N: int) -> int:
     """The correct images behind a whole-test-set accuracy (%)."""
     return int(round(accuracy * N / 100.0))
+
+
+def _chunk_ends(N: int) -> list[int]:
+    """The sequential test's checks, in images read: the first chunk ``_TEST_CHUNK`` images at
+    most, then half the images read so far, the last chunk at least as long as the first."""
+    first = max(1, min(N, _TEST_CHUNK, max(16, -(-N // 40))))
+    ends, b = [], 0
+    while b < N:
+        b += max(first, b // 2)
+        if N - b < first:
+            b = N
+        ends.append(b)
+    return ends
 
 
 @functools.lru_cache(maxsize=4096)
