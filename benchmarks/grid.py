@@ -517,7 +517,7 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     which the caller has imported already. ``allow_weak_baseline``: prune baselines whose
     accuracy target is not above chance (by default such a cell stops with a one-line error).
     """
-    from prunetax.benchmarks.results import cell_done
+    from prunetax.benchmarks.results import cell_done, check_done_recipe
 
     start = time.perf_counter()
     results, env = preflight(results, backend, n_jobs, scheduler,
@@ -527,6 +527,9 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
         raise PrunetaxError("the grid lists the same cell twice")
     pending = [c for c in cells if not cell_done(results, c)]
     skipped = [c.id for c in cells if c not in pending]
+    for c in cells:
+        if c not in pending:
+            check_done_recipe(results, c)
     inline = backend == "loky" and n_jobs == 1
     # one cell per worker gets the machine's cores shared out (loky and local clusters), so the
     # cells compute with the same thread count whatever runs them

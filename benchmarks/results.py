@@ -182,6 +182,37 @@ def cell_done(root, cell: Cell) -> bool:
     return cell_path(root, cell, "scores").is_file()
 
 
+def check_done_recipe(root, cell: Cell) -> None:
+    """A done cell's scores were computed on a baseline of the recipe its model has now, or say
+    which file to remove. ``Cell.id`` holds the grid's epochs and train_limit, not the recipe a
+    model declares (``register_model(recipe=...)``), so a changed recipe (a new rate, clipping)
+    would otherwise leave an old cell counted as done beside new ones. Files written before the
+    ``recipe_hash`` column, or with it null, are not checked."""
+    import pyarrow.parquet as pq
+
+    from prunetax.benchmarks.training import recipe_for
+
+    path = cell_path(root, cell, "scores")
+    try:
+        column = pq.read_table(path, columns=["recipe_hash"]).column("recipe_hash")
+        recorded = {h for h in column.to_pylist() if h}
+    except (KeyError, pa.ArrowInvalid):  # no such column: an older file
+        return
+    limit = {"limit": cell.train_limit} if cell.train_limit is not None else {}
+    recipe = recipe_for(cell.network, cell.dataset, cell.epochs, **limit)
+    now = recipe_hash(recipe)
+    if recorded and recorded != {now}:
+        raise PrunetaxError(
+            f"{path} was computed on a {cell.network} baseline of another recipe (hash {', '.join(sorted(recorded))}) "
+            f"than its recipe now (hash {now}: {_recipe_words(recipe)}); remove that file and its trajectories "
+            f"to recompute the cell, or give a new --results folder")
+
+
+def _recipe_words(recipe) -> str:
+    return ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(recipe).items()
+                     if k in ("epochs", "lr", "clip_grad_norm", "limit") and v is not None)
+
+
 def _table(records: Sequence[dict], schema: pa.Schema, cell: Cell, what: str) -> pa.Table:
     cols = {}
     for f in schema:

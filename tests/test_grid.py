@@ -149,6 +149,43 @@ def test_run_grid_resumes_and_skips(tmp_path, fake):
     assert read_scores(tmp_path / "r").num_rows == 3
 
 
+def test_run_grid_refuses_done_cells_of_another_recipe(tmp_path, monkeypatch):
+    """A model's declared recipe is not in the cell id: after it changes, a done cell computed on
+    the old recipe's baseline stops the grid with one line naming its file, before any cell runs."""
+    from prunetax.benchmarks.models import register_model, unregister_model
+    from prunetax.benchmarks.results import recipe_hash
+    from prunetax.benchmarks.training import recipe_for
+
+    ran = []
+
+    def runner(cell, env, progress=False, **kw):     # records the recipe as the real cell does
+        ran.append(cell.id)
+        result = fake_run_cell(cell, env)
+        for r in result.rows:
+            r["recipe_hash"] = recipe_hash(recipe_for(cell.network, cell.dataset, cell.epochs))
+        return result
+
+    monkeypatch.setattr(grid, "_run_cell", runner)
+    name = "_test_recipe_change"
+    config = {**BASE, "networks": [name], "seeds": [0]}
+    register_model(lambda in_channels, num_classes, input_size: nn.Linear(1, 1), name=name,
+                   recipe={"epochs": 2, "lr": 0.05})
+    try:
+        cells = grid_cells(config, validate=False)
+        assert run_grid(cells, tmp_path / "r", progress=False).ran == [cells[0].id]
+        assert run_grid(cells, tmp_path / "r", progress=False).skipped == [cells[0].id]   # same recipe: done
+        unregister_model(name)
+        register_model(lambda in_channels, num_classes, input_size: nn.Linear(1, 1), name=name,
+                       recipe={"epochs": 2, "lr": 0.05, "clip_grad_norm": 5.0})
+        again = grid_cells(config, validate=False)
+        assert [c.id for c in again] == [c.id for c in cells]                             # the id cannot tell
+        with pytest.raises(PrunetaxError, match=r"another recipe .* clip_grad_norm 5\.0\); remove that file") as e:
+            run_grid(again, tmp_path / "r", progress=False)
+        assert "\n" not in str(e.value) and cells[0].id in str(e.value) and ran == [cells[0].id]
+    finally:
+        unregister_model(name)
+
+
 def test_public_run_writes_one_cell(tmp_path, fake):
     c = grid_cells(BASE)[0]
     res = benchmarks.run(c, results=tmp_path)
