@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from prunetax.benchmarks.cell import REFERENCES, Cell, CellResult, Protocol
 from prunetax.benchmarks.plugins import resolve_imports
 from prunetax.benchmarks.setup import Env
-from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import BaselineError, PrunetaxError
 
 __all__ = ["GRID_KEYS", "BACKENDS", "load_grid_file", "grid_cells", "expand_metrics", "validate_cells",
            "preflight", "writable_folder", "state_path", "run", "run_grid", "GridSummary", "Env"]
@@ -330,8 +330,11 @@ def _job(cell: Cell, results: str, env: Env, runner=None, threads: int | None = 
     start = time.perf_counter()
     state = state_path(results, cell)
     extra = {"allow_weak_baseline": True} if allow_weak_baseline else {}
-    result = (runner or _run_cell)(cell, env, progress=progress, checkpoint=state,
-                                   checkpoint_every=checkpoint_every, **extra)
+    try:
+        result = (runner or _run_cell)(cell, env, progress=progress, checkpoint=state,
+                                       checkpoint_every=checkpoint_every, **extra)
+    except BaselineError as exc:     # this cell cannot run; the grid goes on with the others
+        return cell.id, time.perf_counter() - start, str(exc)
     write_cell_result(results, result)
     with contextlib.suppress(FileNotFoundError):
         state.unlink()
@@ -346,16 +349,23 @@ class GridSummary:
     wall_seconds: float
 
 
-def _train_baselines(cells, env: Env, progress) -> None:
+def _train_baselines(cells, env: Env, progress) -> dict[str, str]:
+    """Train the cells' missing baselines here; ``{cell id: error}`` for the cells whose baseline
+    failed (``BaselineError``: training diverged)."""
     from prunetax.benchmarks.training import train_baseline
 
+    failed: dict[tuple, str] = {}
     seen = set()
     for c in cells:
         key = (c.network, c.dataset, c.seed, c.epochs, c.train_limit)
         if key not in seen:
             seen.add(key)
-            train_baseline(c.network, c.dataset, c.seed, epochs=c.epochs, device=env.device, cache_dir=env.cache,
-                           data_root=env.data_root, progress=progress, limit=c.train_limit)
+            try:
+                train_baseline(c.network, c.dataset, c.seed, epochs=c.epochs, device=env.device, cache_dir=env.cache,
+                               data_root=env.data_root, progress=progress, limit=c.train_limit)
+            except BaselineError as exc:
+                failed[key] = str(exc)
+    return {c.id: failed[k] for c in cells if (k := (c.network, c.dataset, c.seed, c.epochs, c.train_limit)) in failed}
 
 
 class _Stopped(KeyboardInterrupt):
@@ -516,6 +526,8 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     ``plugins``: modules or .py files the workers import first (``--import``; docs/plugins.md),
     which the caller has imported already. ``allow_weak_baseline``: prune baselines whose
     accuracy target is not above chance (by default such a cell stops with a one-line error).
+    A cell whose baseline fails (``BaselineError``: that error, or training diverged) is reported
+    and the other cells run; then ``BaselineError`` counts the failed cells, naming the first.
     """
     from prunetax.benchmarks.results import cell_done, check_done_recipe
 
@@ -538,18 +550,31 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
               checkpoint_every=float(checkpoint_every), progress=(progress or "lines") if inline else False,
               plugins=resolve_imports(plugins), plugin_cwd=os.getcwd(), allow_weak_baseline=allow_weak_baseline)
     ran: list[str] = []
+    failed: dict[str, str] = {}
     if not pending:
         return GridSummary(ran, skipped, results, time.perf_counter() - start)
     with _sigterm_stops(), _BACKEND_CONTEXTS[backend](n_jobs, scheduler) as submit:
-        if pretrain and not inline:
-            _train_baselines(pending, env, progress)
         bar = _CellProgress(len(cells), len(skipped), progress)
         try:
-            for cell_id, seconds in submit(pending, _job, kw):
-                ran.append(cell_id)
-                bar.done(cell_id, seconds)
+            if pretrain and not inline:
+                failed = _train_baselines(pending, env, progress)
+                for cell_id, error in failed.items():
+                    bar.failed(cell_id, error)
+                pending = [c for c in pending if c.id not in failed]
+            for cell_id, seconds, *error in submit(pending, _job, kw):
+                if error:
+                    failed[cell_id] = error[0]
+                    bar.failed(cell_id, error[0])
+                else:
+                    ran.append(cell_id)
+                    bar.done(cell_id, seconds)
         finally:
             bar.close()
+    if failed:
+        first_id, first = next(iter(failed.items()))
+        raise BaselineError(
+            f"{len(failed)} of {len(cells)} cells could not run, their baselines failed (first: {first_id}: {first}); "
+            f"the other {len(ran) + len(skipped)} are written under {results}")
     return GridSummary(ran, skipped, results, time.perf_counter() - start)
 
 
@@ -569,6 +594,15 @@ class _CellProgress:
             self.bar.update(1)
         else:
             print(f"cell {self.count}/{self.total} done: {cell_id} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    def failed(self, cell_id: str, error: str) -> None:
+        self.count += 1
+        line = f"cell {self.count}/{self.total} failed: {cell_id}: {error}"
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

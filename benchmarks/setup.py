@@ -150,11 +150,11 @@ def check_baseline(setup: CellSetup) -> None:
 
     The rate is read where accuracy falls below ``Protocol.target(baseline)``; when that target is
     not above chance (100 / classes), no metric can cross it and every metric would be ranked by
-    its final rate, whatever it is worth. One-line PrunetaxError naming the accuracy, the chance
+    its final rate, whatever it is worth. One-line BaselineError (a PrunetaxError) naming the accuracy, the chance
     level and the recipe; ``prunetax bench --allow-weak-baseline`` (``run_cell(...,
     allow_weak_baseline=True)``) prunes it anyway.
     """
-    from prunetax.taxonomy.errors import PrunetaxError
+    from prunetax.taxonomy.errors import BaselineError
 
     c, acc = setup.cell, setup.baseline_accuracy
     chance = 100.0 / setup.data.num_classes
@@ -164,7 +164,7 @@ def check_baseline(setup: CellSetup) -> None:
     r = setup.recipe
     recipe = (f"{r.epochs} epoch{'s' * (r.epochs != 1)} at lr {r.lr:g}"
               + (f" on the first {r.limit} images" if r.limit is not None else ""))
-    raise PrunetaxError(
+    raise BaselineError(
         f"baseline {c.network}/{c.dataset}/seed{c.seed} reaches {acc:.2f} % test accuracy (chance {chance:.2f} %), "
         f"so its target {target:.2f} % is not above chance and no metric could cross it; train it longer "
         f"(recipe: {recipe}; --epochs, --train-limit) or pass --allow-weak-baseline to prune it anyway")

@@ -32,7 +32,7 @@ from prunetax.benchmarks.data import Dataset, dataset_channels, load_dataset, mo
 from prunetax.benchmarks.io import atomic_path
 from prunetax.benchmarks.recipes import (  # noqa: F401  (re-exported: the recipe API's old home)
     _KEYED_WHEN_SET, DEFAULT_RECIPE, FALLBACK_EPOCHS, Recipe, _checked, check_recipe_fields)
-from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.errors import BaselineError, PrunetaxError
 
 try:
     import fcntl
@@ -225,7 +225,7 @@ def _fit(model: nn.Module, data: Dataset, recipe: Recipe, seed: int, progress: b
                 if i % 50 == 0:
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):
-                        raise PrunetaxError(f"{desc}: training diverged (loss {loss_value}) in epoch {epoch + 1}; "
+                        raise BaselineError(f"{desc}: training diverged (loss {loss_value}) in epoch {epoch + 1}; "
                                             f"lower the learning rate of its recipe")
                     bar.set_postfix(epoch=epoch_no, loss=f"{loss_value:.3f}")
             if not bar.disable:  # one sync per epoch, only when someone watches

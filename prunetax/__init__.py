@@ -21,7 +21,7 @@ _LAZY = {
     "MetricSpec": "prunetax.taxonomy", "MetricExpr": "prunetax.taxonomy", "parse_metric": "prunetax.taxonomy",
     "register_component": "prunetax.taxonomy", "unregister_component": "prunetax.taxonomy",
     "register_named": "prunetax.taxonomy",
-    "PrunetaxError": "prunetax.taxonomy", "SpecError": "prunetax.taxonomy",
+    "PrunetaxError": "prunetax.taxonomy", "SpecError": "prunetax.taxonomy", "BaselineError": "prunetax.taxonomy",
     # the space
     "metric_space": "prunetax.enumerate",
     # computing metrics

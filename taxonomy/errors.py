@@ -10,3 +10,8 @@ class PrunetaxError(ValueError):
 
 class SpecError(PrunetaxError):
     """A metric id, component name or metric expression that does not parse."""
+
+
+class BaselineError(PrunetaxError):
+    """A baseline that cannot be pruned: its training diverged, or its accuracy target is not
+    above chance. A grid records the cell as failed and goes on with the other cells."""

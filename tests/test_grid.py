@@ -186,6 +186,38 @@ def test_run_grid_refuses_done_cells_of_another_recipe(tmp_path, monkeypatch):
         unregister_model(name)
 
 
+def test_a_failed_baseline_fails_its_cell_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
+    """Seed 1's baseline fails (BaselineError, as a diverged training or a chance-level baseline
+    raises it): seeds 0 and 2 are still computed and written, the failure is reported when it
+    happens, and the grid ends with one line counting it (a non-zero exit in the CLI)."""
+    from prunetax.taxonomy.errors import BaselineError
+
+    def runner(cell, env, progress=False, **kw):
+        if cell.seed == 1:
+            raise BaselineError("baseline lenet5/mnist/seed1 reaches 11.35 % test accuracy (chance 10.00 %)")
+        return fake_run_cell(cell, env)
+
+    monkeypatch.setattr(grid, "_run_cell", runner)
+    cells = grid_cells({**BASE, "seeds": [0, 1, 2]})
+    with pytest.raises(BaselineError) as e:
+        run_grid(cells, tmp_path / "r", progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("1 of 3 cells could not run, their baselines failed (first: "
+                                               f"{cells[1].id}: baseline lenet5/mnist/seed1 reaches 11.35 %")
+    assert msg.endswith(f"the other 2 are written under {tmp_path / 'r'}")
+    assert [cell_done(tmp_path / "r", c) for c in cells] == [True, False, True]
+    assert f"cell 2/3 failed: {cells[1].id}: baseline lenet5/mnist/seed1" in capsys.readouterr().err
+    # with workers, baselines are trained first: one that fails there drops its cells the same way
+    from prunetax.benchmarks import training
+
+    def train(network, dataset, seed, **kw):
+        if seed == 1:
+            raise BaselineError("lenet5/mnist/seed1: training diverged (loss nan) in epoch 1")
+    monkeypatch.setattr(training, "train_baseline", train)
+    assert grid._train_baselines(cells, Env(), False) == {cells[1].id: "lenet5/mnist/seed1: training diverged "
+                                                                      "(loss nan) in epoch 1"}
+
+
 def test_public_run_writes_one_cell(tmp_path, fake):
     c = grid_cells(BASE)[0]
     res = benchmarks.run(c, results=tmp_path)
@@ -215,7 +247,7 @@ def test_missing_backend_names_the_extra(tmp_path, fake, monkeypatch, backend, m
 
 def test_parallel_loky_trains_each_baseline_once_then_fans_out(tmp_path, fake, monkeypatch):
     trained = []
-    monkeypatch.setattr(grid, "_train_baselines", lambda cells, *a: trained.append([c.id for c in cells]))
+    monkeypatch.setattr(grid, "_train_baselines", lambda cells, *a: trained.append([c.id for c in cells]) or {})
     cells = grid_cells({**BASE, "seeds": [0, 1, 2]})
     done = run_grid(cells[:1], tmp_path / "r", progress=False)  # one cell already there
     assert trained == []  # n_jobs=1: run_cell trains
