@@ -554,13 +554,13 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     if not pending:
         return GridSummary(ran, skipped, results, time.perf_counter() - start)
     with _sigterm_stops(), _BACKEND_CONTEXTS[backend](n_jobs, scheduler) as submit:
+        if pretrain and not inline:
+            failed = _train_baselines(pending, env, progress)
+            pending = [c for c in pending if c.id not in failed]
         bar = _CellProgress(len(cells), len(skipped), progress)
         try:
-            if pretrain and not inline:
-                failed = _train_baselines(pending, env, progress)
-                for cell_id, error in failed.items():
-                    bar.failed(cell_id, error)
-                pending = [c for c in pending if c.id not in failed]
+            for cell_id, error in failed.items():
+                bar.failed(cell_id, error)
             for cell_id, seconds, *error in submit(pending, _job, kw):
                 if error:
                     failed[cell_id] = error[0]
