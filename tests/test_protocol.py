@@ -308,28 +308,22 @@ def test_decide_by_hand_and_the_bound_holds():
     delta, trials = 0.2, 2000
     log_bound = math.log(10 / delta)
     g = torch.Generator().manual_seed(0)
-    right = torch.zeros(N, dtype=torch.long)
-    right[:899] = 1
-    wrong = 0
-    for _ in range(trials):
-        seen = right[torch.randperm(N, generator=g)].cumsum(0)
-        for n in range(100, N + 1, 100):
-            side = _decide(int(seen[n - 1]), n, N, cstar, log_bound)
-            if side is not None:
-                wrong += side
-                break
-    assert wrong / trials <= delta
-    # and "below" for a mask just at the target (900 right)
-    right[899] = 1
-    wrong = 0
-    for _ in range(trials):
-        seen = right[torch.randperm(N, generator=g)].cumsum(0)
-        for n in range(100, N + 1, 100):
-            side = _decide(int(seen[n - 1]), n, N, cstar, log_bound)
-            if side is not None:
-                wrong += not side
-                break
-    assert wrong / trials <= delta
+
+    def wrong_share(n_right: int, wrong_side: bool) -> float:
+        right = torch.zeros(N, dtype=torch.long)
+        right[:n_right] = 1
+        wrong = 0
+        for _ in range(trials):
+            seen = right[torch.randperm(N, generator=g)].cumsum(0)
+            for n in range(100, N + 1, 100):
+                side = _decide(int(seen[n - 1]), n, N, cstar, log_bound)
+                if side is not None:
+                    wrong += side is wrong_side
+                    break
+        return wrong / trials
+
+    assert wrong_share(899, True) <= delta      # just below the target: wrongly "above"
+    assert wrong_share(900, False) <= delta     # just at the target: wrongly "below"
 
 
 def test_hypergeometric_cuts_equal_rational_arithmetic():
