@@ -49,21 +49,52 @@ def same_diff(text: str, row: dict, places: int) -> None:
     assert got == tuple(round(v, places) for v in want), (text, want)
 
 
-def test_question_1_scaling_tables():
-    lb = board("lenet5", "scaling=none")
-    for title, data in (("LeNet-5 / MNIST (", "mnist"), ("LeNet-5 / Fashion-MNIST:", "fashion-mnist")):
-        rows = table_rows(section(title, "LeNet-5 / Fashion-MNIST:" if data == "mnist" else "Pooled over"))
+@pytest.mark.parametrize("grid, title", [("lenet5", "LeNet-5"), ("cifar10_quick", "cifar10_quick")])
+def test_question_1_scaling_tables(grid, title):
+    lb = board(grid, "scaling=none")
+    mnist, fashion = f"{title} / MNIST (", f"{title} / Fashion-MNIST:"
+    for start, end, data in ((mnist, fashion, "mnist"), (fashion, "Pooled over", "fashion-mnist")):
+        rows = table_rows(section(start, end))
         assert len(rows) == 6, rows
         for cells in rows:
             base = cells[0].strip("`")
             for scaling, cell in zip(SCALINGS, cells[1:]):
-                r = lb[("lenet5", data, f"{base}-{scaling}")]
+                r = lb[(grid, data, f"{base}-{scaling}")]
                 if scaling == "none":
                     mean, sigma = re.match(rf"({NUM}) ± ({NUM})", cell).groups()
                     assert (float(mean), float(sigma)) == (round(r["mean"], 1), round(r["pm2sigma"], 1)), cell
                 else:
                     assert float(cell.split(":")[0]) == round(r["mean"], 1), cell
                     same_diff(cell.split(":", 1)[1], r, 1)
+
+
+BASES = ("weight-value-l1-*,weight-value-l2-*,activation-value-l1-*,activation-taylor-abs_sum-*,"
+         "activation-taylor-sqr_sum-*,activation-gradient-abs_sum-*")
+
+
+@pytest.mark.parametrize("grid, start", [("lenet5", "Pooled over these 30 metrics (`prunetax effects results/study/lenet5"),
+                                         ("cifar10_quick", "Pooled over these 30 metrics on cifar10_quick")])
+def test_question_1_pooled_scaling_effects(grid, start):
+    """The sentence after each network's scaling tables: each scaling against none, pooled over
+    the 30 metrics (``prunetax effects --metrics``), with the interval over cells."""
+    from prunetax.benchmarks.ranking import match_metrics, metric_patterns
+
+    rows = read_scores(ROOT / "results" / "study" / grid).to_pylist()
+    chosen = match_metrics([r["metric_id"] for r in rows], metric_patterns(BASES))
+    assert len(chosen) == 30
+    eff = {(e["dataset"], e["level_b"], e["level_a"]): e for e in component_effects(
+        [r for r in rows if r["metric_id"] in chosen], by=("dataset",)) if e["axis"] == "scaling"}
+    text = section(start, ".\n\n").replace("\n", " ")
+    d = rf"({NUM}) \[({NUM}), ({NUM})\]"
+    for scaling in ("weights_removed", "layer_l1", "layer_l2"):
+        m = re.search(rf"`{scaling} - none` (?:is )?{d} (?:on MNIST )?and {d}", text)
+        assert m, (scaling, text)
+        for data, got in zip(("mnist", "fashion-mnist"), (m.groups()[:3], m.groups()[3:])):
+            e, sign = (eff[(data, scaling, "none")], 1.0) if (data, scaling, "none") in eff else \
+                (eff[(data, "none", scaling)], -1.0)
+            want = [round(sign * e["mean_diff"], 2)] + [round(v, 2) for v in sorted(
+                [sign * e["cell_ci_low"], sign * e["cell_ci_high"]])]
+            assert [float(v) for v in got] == want, (scaling, data, got, want)
 
 
 def test_question_2_effects_table():
@@ -101,14 +132,17 @@ def test_question_3_domino_tables(net, start, end, n):
                 same_diff(cell, lb[(net, "mnist", f"{metric}-{structure}")], 2)
 
 
-def test_question_4_best_against_the_literature():
-    lb = board("lenet5", "random")
-    body = table_rows(section("## 4. The authors' best", "![accuracy while pruning"))
+@pytest.mark.parametrize("grid, start, end", [
+    ("lenet5", "## 4. The authors' best", "![accuracy while pruning, LeNet-5"),
+    ("cifar10_quick", "On cifar10_quick (", "![accuracy while pruning, cifar10_quick")])
+def test_question_4_best_against_the_literature(grid, start, end):
+    lb = board(grid, "random")
+    body = table_rows(section(start, end))
     assert len(body) == 15
     for cells in body:
         metric = cells[0].replace(" (best)", "")
         for data, (rank, stats, diff) in zip(("mnist", "fashion-mnist"), (cells[1:4], cells[4:7])):
-            r = lb[("lenet5", data, metric)]
+            r = lb[(grid, data, metric)]
             mean, sigma = re.match(rf"({NUM}) ± ({NUM})", stats).groups()
             assert (int(rank), float(mean), float(sigma)) == (r["rank"], round(r["mean"], 2), round(r["pm2sigma"], 2))
             if metric != "random":
@@ -137,3 +171,38 @@ def test_question_5_bands_from_the_committed_similarity(data):
     k = 0 if data == "mnist" else 1
     assert float(quoted.group(1 + k)) == round(corr["rho_vs_overlap"], 3)
     assert float(quoted.group(3 + k)) == round(corr["rho_vs_gap"], 3)
+
+
+def test_question_4_best_five_against_fisher_on_cifar10_quick():
+    """The sentence under cifar10_quick's question-4 table: each of the best five minus Fisher on
+    the same cells, MNIST then Fashion-MNIST, as ``leaderboard --versus fisher`` computes it."""
+    lb = board("cifar10_quick", "fisher")
+    text = section("Each of the best five against Fisher", "![accuracy while pruning, cifar10_quick").replace("\n", " ")
+    best = ("activation-taylor2_gn-abs_sum-weights_removed", "weight-value-l1-layer_l1",
+            "weight-value-l2-weights_removed", "activation-value-l1-layer_l1", "activation-value-l2-weights_removed")
+    d = rf"({NUM}) \[({NUM}), ({NUM})\]"
+    for metric in best:
+        m = re.search(rf"`{metric}` {d} and {d}", text)
+        assert m, metric
+        for data, got in zip(("mnist", "fashion-mnist"), (m.groups()[:3], m.groups()[3:])):
+            r = lb[("cifar10_quick", data, metric)]
+            assert [float(v) for v in got] == [round(r[k], 2) for k in ("vs_mean", "vs_ci_low", "vs_ci_high")], (metric, data)
+
+
+def test_question_2_partial_check_on_cifar10_quick():
+    """Question 2's paragraph on cifar10_quick: three component effects over question 1's 30
+    metrics, MNIST then Fashion-MNIST, with the interval over cells."""
+    from prunetax.benchmarks.ranking import match_metrics, metric_patterns
+
+    rows = read_scores(ROOT / "results" / "study" / "cifar10_quick").to_pylist()
+    chosen = match_metrics([r["metric_id"] for r in rows], metric_patterns(BASES))
+    eff = {(e["dataset"], e["level_b"], e["level_a"]): e for e in component_effects(
+        [r for r in rows if r["metric_id"] in chosen], by=("dataset",))}
+    text = section("cifar10_quick's grid holds only question 1's", "## 3. Does Domino").replace("\n", " ")
+    d = rf"({NUM}) \[({NUM}), ({NUM})\]"
+    for b, a in (("taylor", "gradient"), ("l2", "l1"), ("layer_l2", "elements")):
+        m = re.search(rf"`{b} - {a}`,? {d}(?: on MNIST)? and {d}", text)
+        assert m, (b, a)
+        for data, got in zip(("mnist", "fashion-mnist"), (m.groups()[:3], m.groups()[3:])):
+            e = eff[(data, b, a)]
+            assert [float(v) for v in got] == [round(e[k], 2) for k in ("mean_diff", "cell_ci_low", "cell_ci_high")], (b, a, data)
