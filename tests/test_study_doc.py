@@ -149,60 +149,44 @@ def test_question_4_best_against_the_literature(grid, start, end):
                 same_diff(diff, r, 2)
 
 
+@pytest.mark.parametrize("net, n_metrics, start, end", [
+    ("lenet5", 308, "Against what the grid shows", "Across all"),
+    ("cifar10_quick", 33, "Against the grid, by band of", "Across its 528")])
 @pytest.mark.parametrize("data", ["mnist", "fashion-mnist"])
-def test_question_5_bands_from_the_committed_similarity(data):
-    t = pq.read_table(ROOT / "docs" / "study" / f"q5_similarity_lenet5_{data}" / f"similarity_lenet5_{data}.parquet")
+def test_question_5_bands_from_the_committed_similarity(data, net, n_metrics, start, end):
+    t = pq.read_table(ROOT / "docs" / "study" / f"q5_similarity_{net}_{data}" / f"similarity_{net}_{data}.parquet")
     ids = list(dict.fromkeys(t.column("metric_a").to_pylist()))
     M = len(ids)
-    assert M == 308
+    assert M == n_metrics
 
     def square(col):
         return np.array([np.nan if v is None else v for v in t.column(col).to_pylist()]).reshape(M, M)
 
     bands, corr = alike(square("spearman"), square("overlap_first_n"), square("rate_gap"))
-    body = table_rows(section("Against what the grid shows", "Across all"))
+    body = table_rows(section(start, end))
     assert len(body) == 4
     for b, cells in zip(bands, body):
         pairs, overlap, gap = cells[1:4] if data == "mnist" else cells[4:7]
         assert (int(pairs.replace(",", "")), float(overlap), float(gap)) == (
             b["pairs"], round(b["mean_overlap"], 3), round(b["mean_gap"], 2)), cells
     quoted = re.search(r"overlap is ([+-]\d\.\d+) \(MNIST\) and ([+-]\d\.\d+) \(Fashion-MNIST\); with the rate gap, "
-                       r"([+-]\d\.\d+) and ([+-]\d\.\d+)", DOC.replace("\n", " "))
+                       r"([+-]\d\.\d+) and ([+-]\d\.\d+)", DOC[DOC.index(end):].replace("\n", " "))
     k = 0 if data == "mnist" else 1
     assert float(quoted.group(1 + k)) == round(corr["rho_vs_overlap"], 3)
     assert float(quoted.group(3 + k)) == round(corr["rho_vs_gap"], 3)
 
 
-def test_question_4_best_five_against_fisher_on_cifar10_quick():
-    """The sentence under cifar10_quick's question-4 table: each of the best five minus Fisher on
-    the same cells, MNIST then Fashion-MNIST, as ``leaderboard --versus fisher`` computes it."""
-    lb = board("cifar10_quick", "fisher")
-    text = section("Each of the best five against Fisher", "![accuracy while pruning, cifar10_quick").replace("\n", " ")
-    best = ("activation-taylor2_gn-abs_sum-weights_removed", "weight-value-l1-layer_l1",
-            "weight-value-l2-weights_removed", "activation-value-l1-layer_l1", "activation-value-l2-weights_removed")
-    d = rf"({NUM}) \[({NUM}), ({NUM})\]"
-    for metric in best:
-        m = re.search(rf"`{metric}` {d} and {d}", text)
-        assert m, metric
-        for data, got in zip(("mnist", "fashion-mnist"), (m.groups()[:3], m.groups()[3:])):
-            r = lb[("cifar10_quick", data, metric)]
-            assert [float(v) for v in got] == [round(r[k], 2) for k in ("vs_mean", "vs_ci_low", "vs_ci_high")], (metric, data)
-
-
-def test_question_2_partial_check_on_cifar10_quick():
-    """Question 2's paragraph on cifar10_quick: three component effects over question 1's 30
-    metrics, MNIST then Fashion-MNIST, with the interval over cells."""
-    from prunetax.benchmarks.ranking import match_metrics, metric_patterns
-
-    rows = read_scores(ROOT / "results" / "study" / "cifar10_quick").to_pylist()
-    chosen = match_metrics([r["metric_id"] for r in rows], metric_patterns(BASES))
-    eff = {(e["dataset"], e["level_b"], e["level_a"]): e for e in component_effects(
-        [r for r in rows if r["metric_id"] in chosen], by=("dataset",))}
-    text = section("cifar10_quick's grid holds only question 1's", "## 3. Does Domino").replace("\n", " ")
-    d = rf"({NUM}) \[({NUM}), ({NUM})\]"
-    for b, a in (("taylor", "gradient"), ("l2", "l1"), ("layer_l2", "elements")):
-        m = re.search(rf"`{b} - {a}`,? {d}(?: on MNIST)? and {d}", text)
-        assert m, (b, a)
-        for data, got in zip(("mnist", "fashion-mnist"), (m.groups()[:3], m.groups()[3:])):
-            e = eff[(data, b, a)]
-            assert [float(v) for v in got] == [round(e[k], 2) for k in ("mean_diff", "cell_ci_low", "cell_ci_high")], (b, a, data)
+def test_question_5_the_pair_that_ranks_alike_and_prunes_apart():
+    """filter_l1 against its weights_removed form on cifar10_quick: rho, the overlap of the first
+    10 removals and the rate gap, read from the committed similarity tables."""
+    text = section("One pair shows what", "![metric similarity, cifar10_quick").replace("\n", " ")
+    m = re.search(r"\(ρ (\d\.\d+) and (\d\.\d+), .*? share (\d+) % and (\d+) % of their first 10 removals, "
+                  r"yet their rates differ by (\d+\.\d+) and (\d+\.\d+) points", text)
+    assert m, text
+    for k, data in enumerate(("mnist", "fashion-mnist")):
+        t = pq.read_table(ROOT / "docs" / "study" / f"q5_similarity_cifar10_quick_{data}"
+                          / f"similarity_cifar10_quick_{data}.parquet").to_pylist()
+        r = next(r for r in t if (r["metric_a"], r["metric_b"]) == ("filter_l1", "weight-value-l1-weights_removed"))
+        assert float(m.group(1 + k)) == round(r["spearman"], 3)
+        assert int(m.group(3 + k)) == round(100 * r["overlap_first_n"])
+        assert float(m.group(5 + k)) == round(r["rate_gap"], 2)

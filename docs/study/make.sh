@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds every table and figure of docs/study.md from the committed results under results/study/
 # (run from the repository root: bash docs/study/make.sh). The similarity heatmaps need each data
-# set's seed-0 LeNet-5 baseline (trained once, about 2.5 minutes each on 2 CPU cores, when missing).
+# set's seed-0 LeNet-5 and cifar10_quick baselines (trained once when missing: a few minutes each on
+# 2 CPU cores).
 set -euo pipefail
 out=docs/study
 best="weight-value-l2-weights_removed,activation-value-l2-weights_removed,activation-taylor2_gn-abs_sum-weights_removed,weight-value-l1-layer_l1,activation-value-l1-layer_l1"
@@ -29,8 +30,18 @@ if [ -d results/study/domino/scores ]; then
     prunetax effects results/study/domino --by network --out "$out/q3_effects_domino" --format png
     prunetax plot results/study/domino --out "$out/plots_domino" --format png
 fi
-# question 5: which of the 308 rank alike, and do they prune alike
+# question 5: which of the 308 rank alike, and do they prune alike; on cifar10_quick, among its
+# grid's metrics (question 1's 30 ids, two more of the best five, the named ones; 3 epochs, as the grid)
+cq="activation-value-l2-weights_removed,activation-taylor2_gn-abs_sum-weights_removed,$named"
+for base in weight-value-l1 weight-value-l2 activation-value-l1 activation-taylor-abs_sum activation-taylor-sqr_sum \
+        activation-gradient-abs_sum; do
+    for scaling in none elements weights_removed layer_l1 layer_l2; do cq="$cq,$base-$scaling"; done
+done
 for data in mnist fashion-mnist; do
     prunetax similarity --model lenet5 --dataset "$data" --seed 0 --metrics paper --results results/study/lenet5 \
         --out "$out/q5_similarity_lenet5_$data" --format png
+    if [ -d results/study/cifar10_quick/scores ]; then
+        prunetax similarity --model cifar10_quick --dataset "$data" --seed 0 --epochs 3 --metrics "$cq" \
+            --results results/study/cifar10_quick --out "$out/q5_similarity_cifar10_quick_$data" --format png
+    fi
 done
