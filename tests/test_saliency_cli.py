@@ -155,3 +155,16 @@ def test_trains_only_when_missing_says_so_first_and_reuses_trains_baseline(tmp_p
     assert err.startswith("prunetax saliency: no cached baseline of lenet5 on mnist (seed 1, 1 epoch, first 200 "
                           "images); training it now: 1 epoch x 200 images"), err
     assert "seed1" in out and checkpoint not in out
+
+    # similarity writes files a user may commit or share: they name the cached baseline by its cache
+    # entry, never by this machine's path to the cache
+    import pyarrow.parquet as pq
+
+    entry = os.path.basename(os.path.dirname(checkpoint))
+    assert entry.startswith("lenet5_mnist_seed0_") and str(tmp_path) in checkpoint
+    assert main(["similarity", *small, "--metrics", "filter_l1,filter_l2", "--images", "16", "--out", "S"]) == 0
+    out, err = capsys.readouterr()
+    md = (tmp_path / "S" / "clusters_lenet5_mnist.md").read_text()
+    assert f"(cached baseline {entry}; 16 eval images)" in md and str(tmp_path) not in md, md
+    meta = pq.read_schema(tmp_path / "S" / "similarity_lenet5_mnist.parquet").metadata
+    assert meta[b"prunetax_source"] == f"cached baseline {entry}".encode()

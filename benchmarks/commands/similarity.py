@@ -100,6 +100,8 @@ def run(args) -> int:
     source = setup.info.get("source") or f"baseline {setup.info['path']}"
     if not args.checkpoint:
         check_finite(model, source)
+    # what the written files name: a cached baseline by its cache entry, not by this machine's path
+    provenance = setup.info.get("source") or f"cached baseline {Path(setup.info['path']).parent.name}"
     x, y = data.eval_x[: args.images], data.eval_y[: args.images]
     batches = [(x[i:i + args.batch_size], y[i:i + args.batch_size]) for i in range(0, len(y), args.batch_size)]
     result = saliencies(model, structure, batches, metrics)
@@ -131,7 +133,7 @@ def run(args) -> int:
     command = command_line(args)
     out, tag = Path(args.out), f"{args.model}_{args.dataset}".replace("/", "-").replace(":", "-")
     M, U = values.shape
-    meta = {"prunetax_command": command, "prunetax_version": __version__, "prunetax_source": source,
+    meta = {"prunetax_command": command, "prunetax_version": __version__, "prunetax_source": provenance,
             "prunetax_digest": str(setup.info.get("digest")), "prunetax_images": str(args.images)}
     a, b = np.repeat(np.arange(M), M), np.tile(np.arange(M), M)
 
@@ -165,7 +167,7 @@ def run(args) -> int:
               "metrics": ", ".join(ids[m] for m in ms)} for c, ms in enumerate(members)]
     off = rho[~np.eye(M, dtype=bool)]
     md = (f"# Metric similarity: {args.model} / {args.dataset}\n\n"
-          f"{M} metrics ranking {U} units ({source}; {args.images} eval images). Spearman's rho between every two "
+          f"{M} metrics ranking {U} units ({provenance}; {args.images} eval images). Spearman's rho between every two "
           f"metrics' unit rankings: median {np.nanmedian(off):.3f}, min {np.nanmin(off):.3f}. Clusters: average "
           f"linkage on 1 - rho, cut where the average rho falls below {args.min_rho:g}.\n\n"
           f"{format_markdown(table, ['cluster', 'size', 'mean rho', 'shared components', 'metrics'])}\n")
