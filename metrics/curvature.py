@@ -103,7 +103,10 @@ class _Twin(fx.Interpreter):
             x = args[0]
             if isinstance(m, nn.Conv2d):
                 w = m.weight.detach()   # constants of the twin: no graph towards the parameters
-                return F.conv2d(x, w * w, None, m.stride, m.padding, m.dilation, m.groups)
+                padding = m.padding
+                if m.padding_mode != "zeros":  # as nn.Conv2d: pad (a copy of elements: J∘J = J), then no padding
+                    x, padding = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), (0, 0)
+                return F.conv2d(x, w * w, None, m.stride, padding, m.dilation, m.groups)
             if isinstance(m, nn.Linear):
                 w = m.weight.detach()
                 return F.linear(x, w * w)

@@ -216,12 +216,20 @@ def _weight_grads(module, L, x_in, g_out, h_out):
 
 def _unfold(module, x: torch.Tensor) -> torch.Tensor:
     """``F.unfold`` of a 2-d convolution's input, [N, C*kh*kw, S], as one strided copy of the
-    zero-padded input (F.unfold's im2col is an order of magnitude slower on CPU)."""
-    if x.dim() != 4 or isinstance(module.padding, str) or getattr(module, "padding_mode", "zeros") != "zeros":
+    padded input (F.unfold's im2col is an order of magnitude slower on CPU). The input is padded as
+    the convolution pads it: ``padding_mode`` ('reflect', 'replicate', 'circular' as well as zeros)
+    and ``padding='same'`` (uneven on the right and bottom) included."""
+    if x.dim() != 4:
         return F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = (module.kernel_size, module.dilation, module.padding, module.stride)
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph))
+    (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride
+    mode = getattr(module, "padding_mode", "zeros")
+    if isinstance(module.padding, str) or mode != "zeros":
+        # nn.Conv2d's own padding of its input (its _conv_forward), last dimension first
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode="constant" if mode == "zeros" else mode)
+    else:
+        ph, pw = module.padding
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
     N, C, Hp, Wp = x.shape
     oh, ow = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
     s0, s1, s2, s3 = x.stride()

@@ -114,3 +114,51 @@ def test_lm_recursion_by_hand_on_a_two_layer_relu_net():
         got = res.channel_values(spec)["fc1"].tolist()
         for a, b in zip(got, want):
             assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15), (spec.id, got, want)
+
+
+class Convs(nn.Module):
+    """'same'-padded, grouped-strided-dilated and reflect-padded convolutions, then linear layers;
+    ``reflect_by_hand``: the same network with numeric padding and an explicit F.pad(mode='reflect')."""
+
+    def __init__(self, reflect_by_hand: bool = False):
+        super().__init__()
+        self.reflect_by_hand = reflect_by_hand
+        self.c1 = nn.Conv2d(2, 4, 3, padding=1 if reflect_by_hand else "same")
+        self.c2 = nn.Conv2d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2)
+        self.c3 = nn.Conv2d(6, 6, 3, padding=0 if reflect_by_hand else 1,
+                            padding_mode="zeros" if reflect_by_hand else "reflect")
+        self.relu = nn.ReLU()
+        self.fc1 = nn.Linear(6 * 4 * 4, 8)
+        self.fc2 = nn.Linear(8, 5)
+
+    def forward(self, x):  # [B, 2, 8, 8]
+        x = self.relu(self.c2(self.relu(self.c1(x))))
+        if self.reflect_by_hand:
+            x = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        x = self.relu(self.c3(x))
+        return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
+
+
+def test_reflect_and_same_padded_convs_score_as_their_explicit_padding():
+    """padding_mode='reflect' pads by copying elements, then convolves without padding; a 3x3
+    padding='same' conv pads 1 on each side. The same network written with F.pad(mode='reflect'),
+    an unpadded conv and padding=1 gets the same saliency under every paper-308 metric (float64),
+    the LM curvature and the per-image weight gradients included: both were once computed as if the
+    padding were zeros (the twin), or failed on 'same' (the unfold of the weight gradients)."""
+    from prunetax.enumerate import metric_space
+
+    torch.manual_seed(2)
+    a = Convs().double().eval()
+    b = Convs(reflect_by_hand=True).double().eval()
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randn(6, 2, 8, 8, dtype=torch.float64), torch.randint(0, 5, (6,))
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    specs = list(metric_space("paper"))
+    ra = saliencies(a, analyze(a, x[:1]), [(x, y)], specs)
+    rb = saliencies(b, analyze(b, x[:1]), [(x, y)], specs)
+    assert len(specs) == 308
+    for s in specs:
+        va, vb = ra.channel_values(s), rb.channel_values(s)
+        assert va.keys() == vb.keys() == {"c1", "c2", "c3", "fc1"}, s.id
+        for layer in va:
+            torch.testing.assert_close(va[layer], vb[layer], rtol=1e-10, atol=1e-18, msg=f"{s.id} {layer}")
