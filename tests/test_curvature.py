@@ -139,6 +139,38 @@ class Convs(nn.Module):
         return self.fc2(self.relu(self.fc1(torch.flatten(x, 1))))
 
 
+LM_SPECS = ("weight-hessian_lm-sum-none", "activation-hessian_lm-sum-none", "activation-taylor2_lm-l2-none")
+
+
+def _lm_values(model, x, y):
+    st = analyze(model, x[:1])
+    specs = [MetricSpec.parse(s) for s in LM_SPECS]
+    res = saliencies(model, st, [(x, y)], specs)
+    return {(s.id, layer): v for s in specs for layer, v in res.channel_values(s).items()}
+
+
+def test_lm_twin_without_its_forward_equals_autograd_through_the_squared_layers(monkeypatch):
+    """The twin's convolutions and linear layers skip their forward and call the backward autograd
+    would run: the curvature is bit-identical to autograd through F.conv2d / F.linear with squared
+    weights (the twin as it was built before), in float32 and float64."""
+    import prunetax.metrics.curvature as curvature
+
+    for dtype in (torch.float32, torch.float64):
+        torch.manual_seed(1)
+        model = Convs().to(dtype).eval()
+        x, y = torch.randn(6, 2, 8, 8, dtype=dtype), torch.randint(0, 5, (6,))
+        fast = _lm_values(model, x, y)
+        with monkeypatch.context() as mp:
+            mp.setattr(curvature, "_twin_conv",
+                       lambda t, w2, shape, s, p, d, g: F.conv2d(t, w2, None, s, p, d, g))
+            mp.setattr(curvature, "_twin_linear", lambda t, w2: F.linear(t, w2))
+            reference = _lm_values(model, x, y)
+        assert fast.keys() == reference.keys() and len(fast) == 3 * 4
+        for k in fast:
+            assert torch.equal(fast[k], reference[k]), k
+            assert fast[k].abs().sum() > 0, k
+
+
 def test_reflect_and_same_padded_convs_score_as_their_explicit_padding():
     """padding_mode='reflect' pads by copying elements, then convolves without padding; a 3x3
     padding='same' conv pads 1 on each side. The same network written with F.pad(mode='reflect'),
