@@ -99,10 +99,21 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def pad_as_conv(module, x: torch.Tensor):
+    """``(x, padding)``: a 2-d convolution's input padded as the convolution pads it wherever that is
+    not a plain symmetric zero padding (``padding_mode`` reflect / replicate / circular, as
+    nn.Conv2d's ``_conv_forward`` does; ``padding='same'`` / ``'valid'``, uneven on the right and
+    bottom), and the zero padding left for the convolution itself. Padding copies elements, so its
+    Jacobian has entries 0/1 and squares to itself: the LM twin pads as the primal does."""
+    mode = getattr(module, "padding_mode", "zeros")
+    if isinstance(module.padding, str) or mode != "zeros":
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode="constant" if mode == "zeros" else mode)
+        return x, (0, 0)
+    return x, module.padding
+
+
 def _twin_conv(x, w2, shape, stride, padding, dilation, groups):
-    """conv2d(x, w2) for the twin's zero input: its graph without its forward."""
-    if isinstance(padding, str):  # 'same' / 'valid': autograd's own path (F.conv2d may pad unevenly)
-        return F.conv2d(x, w2, None, stride, padding, dilation, groups)
+    """conv2d(x, w2) for the twin's zero input (numeric padding): its graph without its forward."""
     return _ZeroForwardConv2d.apply(x, w2, shape, _pair(stride), _pair(padding), _pair(dilation), groups)
 
 
@@ -152,9 +163,7 @@ class _Twin(fx.Interpreter):
             x = args[0]
             if isinstance(m, nn.Conv2d):
                 w = m.weight.detach()   # constants of the twin: no graph towards the parameters
-                padding = m.padding
-                if m.padding_mode != "zeros":  # as nn.Conv2d: pad (a copy of elements: J∘J = J), then no padding
-                    x, padding = F.pad(x, m._reversed_padding_repeated_twice, mode=m.padding_mode), (0, 0)
+                x, padding = pad_as_conv(m, x)
                 return _twin_conv(x, w * w, self.primal[n.name].shape, m.stride, padding, m.dilation, m.groups)
             if isinstance(m, nn.Linear):
                 w = m.weight.detach()

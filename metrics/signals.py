@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from prunetax.metrics.curvature import lm_curvature, record_forward
+from prunetax.metrics.curvature import lm_curvature, pad_as_conv, record_forward
 from prunetax.metrics.masking import _Input, _Mask
 
 
@@ -222,14 +222,9 @@ def _unfold(module, x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         return F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
     (kh, kw), (dh, dw), (sh, sw) = module.kernel_size, module.dilation, module.stride
-    mode = getattr(module, "padding_mode", "zeros")
-    if isinstance(module.padding, str) or mode != "zeros":
-        # nn.Conv2d's own padding of its input (its _conv_forward), last dimension first
-        x = F.pad(x, module._reversed_padding_repeated_twice, mode="constant" if mode == "zeros" else mode)
-    else:
-        ph, pw = module.padding
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph))
+    x, (ph, pw) = pad_as_conv(module, x)
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
     N, C, Hp, Wp = x.shape
     oh, ow = (Hp - dh * (kh - 1) - 1) // sh + 1, (Wp - dw * (kw - 1) - 1) // sw + 1
     s0, s1, s2, s3 = x.stride()
