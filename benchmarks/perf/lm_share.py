@@ -32,6 +32,19 @@ def _reference_linear(x, w2):
     return F.linear(x, w2)
 
 
+def _timed(curvature, twin: str, fn):
+    """(seconds, result) of ``fn()`` with the twin as built, or with the reference twin patched in."""
+    built = curvature._twin_conv, curvature._twin_linear
+    if twin == "reference":
+        curvature._twin_conv, curvature._twin_linear = _reference_conv, _reference_linear
+    try:
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+    finally:
+        curvature._twin_conv, curvature._twin_linear = built
+
+
 def main(argv=None) -> None:
     import prunetax.metrics.curvature as curvature
     from prunetax.benchmarks.models import create_model
@@ -47,8 +60,6 @@ def main(argv=None) -> None:
         raise SystemExit("lm_share: --reps must be at least 2 and --images at least 1")
 
     torch.set_num_threads(1)
-    built = curvature._twin_conv, curvature._twin_linear
-    reference = _reference_conv, _reference_linear
     paper = list(metric_space("paper"))
     no_lm = [s for s in paper if "_lm" not in str(s)]
     print(f"# lm_share: {os.uname().machine}, torch {torch.__version__}, 1 thread, {args.images} images, "
@@ -64,13 +75,8 @@ def main(argv=None) -> None:
         load0 = os.getloadavg()[0]
         for _ in range(args.reps):
             for k in t:
-                curvature._twin_conv, curvature._twin_linear = reference if k == "reference" else built
-                try:
-                    t0 = time.perf_counter()
-                    out[k] = saliencies(m, st, batch, no_lm if k == "no_lm" else paper)
-                    t[k].append(time.perf_counter() - t0)
-                finally:
-                    curvature._twin_conv, curvature._twin_linear = built
+                sec, out[k] = _timed(curvature, k, lambda: saliencies(m, st, batch, no_lm if k == "no_lm" else paper))
+                t[k].append(sec)
         same = all(torch.equal(out["built"].values[s][layer], out["reference"].values[s][layer])
                    for s in out["built"].values for layer in out["built"].values[s])
         b, r, n = (statistics.median(t[k][1:]) for k in ("built", "reference", "no_lm"))
@@ -86,13 +92,8 @@ def main(argv=None) -> None:
         tw = {"built": [], "reference": []}
         for _ in range(args.reps):
             for k in tw:
-                curvature._twin_conv, curvature._twin_linear = reference if k == "reference" else built
-                try:
-                    t0 = time.perf_counter()
-                    curvature.lm_curvature(gm, x, nodes, primal=primal, logits=logits)
-                    tw[k].append(time.perf_counter() - t0)
-                finally:
-                    curvature._twin_conv, curvature._twin_linear = built
+                tw[k].append(_timed(curvature, k, lambda: curvature.lm_curvature(gm, x, nodes, primal=primal,
+                                                                              logits=logits))[0])
         tb, tr = (statistics.median(tw[k][1:]) for k in ("built", "reference"))
         print(f"{name}: the twin alone (lm_curvature) {1000 * tr:.1f} ms with the reference, {1000 * tb:.1f} ms as "
               f"built: {100 * tr / (r - n):.0f} % of the reference's LM part; load {os.getloadavg()[0]:.1f}")
