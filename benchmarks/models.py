@@ -2,7 +2,7 @@
 
 ``@register_model`` adds a builder ``fn(in_channels, num_classes, input_size) -> nn.Module``,
 with the recipe its baseline is trained with (``recipe={"epochs": 20, "lr": 0.05}``, fields of
-``prunetax.benchmarks.training.Recipe``); ``list_models("resnet*")`` filters names with a glob;
+``prunetax.benchmarks.recipes.Recipe``); ``list_models("resnet*")`` filters names with a glob;
 ``create_model(name, ...)`` builds one.
 Torchvision models are registered lazily: they are listed even when torchvision does not
 import, marked unavailable with the reason (``model_info(name).available``).
@@ -30,7 +30,7 @@ class ModelInfo:
     description: str
     needs: str | None = None  # optional package the builder imports lazily
     # The baseline training recipe the model declared at registration: Recipe fields (read-only);
-    # None: it declared none and trains with the default recipe (training.DEFAULT_RECIPE).
+    # None: it declared none and trains with the default recipe (recipes.DEFAULT_RECIPE).
     recipe: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @property
@@ -65,10 +65,10 @@ def register_model(fn=None, *, name: str | None = None, needs: str | None = None
     """Decorator: register ``fn(in_channels, num_classes, input_size) -> nn.Module`` under its name.
 
     ``recipe`` is how its baseline is trained: a dict of fields of
-    :class:`prunetax.benchmarks.training.Recipe`, e.g. ``{"epochs": 20, "lr": 0.05}``; fields it
-    leaves out keep the Recipe's defaults (epochs: ``training.FALLBACK_EPOCHS``), and crop/flip
-    augmentation follows the data set unless it sets ``augment``. ``recipe_for`` reads it from
-    here. Without ``recipe`` the model trains with the default recipe (``training.DEFAULT_RECIPE``),
+    :class:`prunetax.benchmarks.recipes.Recipe`, e.g. ``{"epochs": 20, "lr": 0.05}``; fields it
+    leaves out keep the Recipe's defaults (epochs: ``recipes.FALLBACK_EPOCHS``), and crop/flip
+    augmentation follows the data set unless it sets ``augment``. ``baseline.recipe_for`` reads it from
+    here. Without ``recipe`` the model trains with the default recipe (``recipes.DEFAULT_RECIPE``),
     and training says so. Unknown fields or bad values are an error at registration.
     """
 

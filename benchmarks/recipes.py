@@ -1,6 +1,6 @@
-"""Training recipes: the ``Recipe`` value and its checks. It imports nothing of the harness, so the
-model zoo (``models.register_model(..., recipe=...)``) checks a recipe at registration and
-``training.recipe_for`` builds one, without either importing the other in a circle."""
+"""Training recipes: the ``Recipe`` value and its checks. It imports nothing of the harness, so
+the model zoo (``models.register_model(..., recipe=...)``) checks a recipe at registration;
+the recipe of a model on a data set is ``prunetax.benchmarks.baseline.recipe_for``."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from prunetax.taxonomy.errors import PrunetaxError
 
-__all__ = ["Recipe", "DEFAULT_RECIPE", "FALLBACK_EPOCHS", "check_recipe_fields"]
+__all__ = ["Recipe", "DEFAULT_RECIPE", "FALLBACK_EPOCHS", "KEYED_WHEN_SET", "check_recipe_fields"]
 
 # Each zoo model declares its recipe where it is registered (``register_model(..., recipe=...)``
 # in models.py); a model registered without one trains with DEFAULT_RECIPE: FALLBACK_EPOCHS
@@ -40,10 +40,10 @@ class Recipe:
 # Fields added to Recipe after version 0.1.0, with the value that trains exactly as before they
 # existed: cache_key leaves such a field out while it has that value, so the keys (and cached
 # baselines) of recipes that do not use it stay what they were.
-_KEYED_WHEN_SET = {"clip_grad_norm": None}
+KEYED_WHEN_SET = MappingProxyType({"clip_grad_norm": None})
 
 
-def _checked(fields: dict, where: str) -> Recipe:
+def checked_recipe(fields: dict, where: str) -> Recipe:
     """``Recipe(**fields)``, or a one-line error for unknown fields or bad values."""
     names = [f.name for f in dataclasses.fields(Recipe)]
     unknown = set(fields) - set(names)
@@ -73,5 +73,5 @@ def check_recipe_fields(fields: Mapping[str, Any], owner: str = "recipe") -> dic
     if not isinstance(fields, Mapping):
         raise PrunetaxError(f"{owner}: recipe must be a dict of Recipe fields, got {type(fields).__name__}")
     fields = dict(fields)
-    _checked({**DEFAULT_RECIPE, **fields}, f"{owner}: ")
+    checked_recipe({**DEFAULT_RECIPE, **fields}, f"{owner}: ")
     return fields

@@ -1,10 +1,14 @@
 """A baseline whose accuracy target is not above chance stops its cell (issue: a chance-level
-baseline was pruned and ranked without a word); --allow-weak-baseline prunes it anyway."""
+baseline was pruned and ranked without a word); --allow-weak-baseline prunes it anyway. The error
+that says so, BaselineError, lives with the baselines (prunetax.benchmarks.baseline); its old
+homes in the taxonomy still give it, with a DeprecationWarning."""
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
+
+import pytest
 
 
 def bench(tmp_path, *extra):
@@ -28,3 +32,29 @@ def test_target_at_or_below_chance_stops_the_cell(tmp_path):
     p = bench(tmp_path, "--allow-weak-baseline")
     assert p.returncode == 0, p.stderr
     assert "bench: 1 cells run" in p.stdout
+
+
+def test_baseline_error_lives_with_the_baselines():
+    import prunetax
+    from prunetax.benchmarks.baseline import BaselineError
+    from prunetax.taxonomy.errors import PrunetaxError
+
+    assert issubclass(BaselineError, PrunetaxError) and prunetax.BaselineError is BaselineError
+    with pytest.warns(DeprecationWarning, match="moved to prunetax.benchmarks.baseline.BaselineError"):
+        from prunetax.taxonomy.errors import BaselineError as from_errors
+    with pytest.warns(DeprecationWarning, match="moved to prunetax.benchmarks.baseline.BaselineError"):
+        from prunetax.taxonomy import BaselineError as from_taxonomy
+    assert from_errors is from_taxonomy is BaselineError
+    import prunetax.taxonomy as taxonomy
+    assert "BaselineError" not in taxonomy.__all__
+    with pytest.raises(AttributeError):
+        taxonomy.NoSuchName
+
+
+def test_taxonomy_imports_no_harness():
+    """The shim imports the harness only when BaselineError is asked for."""
+    code = ("import sys; import prunetax.taxonomy, prunetax.taxonomy.errors; "
+            "print(sorted(m for m in ('prunetax.benchmarks.baseline', 'prunetax.benchmarks.setup', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", (out.stdout, out.stderr)

@@ -110,14 +110,15 @@ def test_results_parquet_is_readable_by_others(tmp_path):
 def test_cached_baseline_is_readable_by_others(tmp_path):
     """model.pt and info.json of a tiny baseline (256 images, one epoch) are 0644 under umask 022."""
     from prunetax.benchmarks.data import load_dataset
+    from prunetax.benchmarks.setup import Env
     from prunetax.benchmarks.training import train_baseline
 
     full = load_dataset("mnist")
     small = dataclasses.replace(full, test_x=full.test_x[:200], test_y=full.test_y[:200],
                                 eval_x=full.eval_x[:200], eval_y=full.eval_y[:200])
     with umask(0o022):
-        _, info = train_baseline("lenet5", small, 0, epochs=1, device="cpu", cache_dir=tmp_path, progress=False,
-                                 limit=256)
+        _, info = train_baseline("lenet5", small, 0, epochs=1, env=Env(device="cpu", cache_dir=tmp_path),
+                                 progress=False, limit=256)
     entry = os.path.dirname(info["path"])
     assert sorted(os.listdir(entry)) == ["info.json", "model.pt"]
     assert mode(os.path.join(entry, "model.pt")) == 0o644 and mode(os.path.join(entry, "info.json")) == 0o644

@@ -141,7 +141,7 @@ def test_trains_only_when_missing_says_so_first_and_reuses_trains_baseline(tmp_p
     notice = ("prunetax train: no cached baseline of lenet5 on mnist (seed 0, 1 epoch, first 200 images); "
               "training it now: 1 epoch x 200 images (2 steps of 128), roughly ")
     assert err.startswith(notice) and " s a step (timed here just now; the machine's load changes it)\n" in err, err
-    assert err.splitlines()[1].startswith("lenet5 on mnist, seed 0: training 1 epoch at lr")   # training.py's line
+    assert err.splitlines()[1].startswith("lenet5 on mnist, seed 0: training 1 epoch at lr")   # Baseline.get's line
     assert out.startswith("lenet5 on mnist, seed 0, 1 epoch on the first 200 images: test accuracy "), out
     checkpoint = out.split("checkpoint ")[1].split(" in ")[0]
 

@@ -1,4 +1,5 @@
-"""Baseline training: recipes, determinism, the cache, evaluate(), the train command."""
+"""Baseline training: recipes, determinism, the cache, evaluate(), the Baseline object, the old
+functional API (train_baseline / load_baseline and their deprecated keywords), the train command."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,14 @@ import torch
 from torch import nn
 
 import prunetax.benchmarks as benchmarks
-from prunetax.benchmarks import training
+from prunetax.benchmarks import baseline, training
+from prunetax.benchmarks.baseline import Baseline
+from prunetax.benchmarks.cell import Cell
 from prunetax.benchmarks.cli import main as cli_main
 from prunetax.benchmarks.data import RawData, load_dataset, register_dataset
+from prunetax.benchmarks.setup import Env
 from prunetax.benchmarks.training import (cache_key, evaluate, load_baseline, recipe_for, resolve_device,
-                                 train_baseline)
+                                          train_baseline)
 from prunetax.taxonomy.errors import PrunetaxError
 
 LIMIT = 1024  # training images for the fast tests: 8 batches of 128
@@ -39,7 +43,7 @@ def _no_user_cache(tmp_path, monkeypatch):
 
 
 def tiny(mnist, cache_dir, seed=0, **kw):
-    return train_baseline("lenet5", mnist, seed, epochs=1, device="cpu", cache_dir=cache_dir,
+    return train_baseline("lenet5", mnist, seed, epochs=1, env=Env("cpu", cache_dir),
                           progress=False, limit=LIMIT, **kw)
 
 
@@ -102,7 +106,7 @@ def test_cuda_unavailable_is_an_error():
 def test_dataset_split_must_match_recipe(mnist):
     other = load_dataset("mnist", eval_size=1000)
     with pytest.raises(PrunetaxError):
-        train_baseline("lenet5", other, 0, epochs=1, device="cpu", progress=False, limit=LIMIT)
+        train_baseline("lenet5", other, 0, epochs=1, env=Env("cpu"), progress=False, limit=LIMIT)
 
 
 def test_cache_key_covers_every_input(monkeypatch):
@@ -119,8 +123,7 @@ def test_cache_key_covers_every_input(monkeypatch):
     assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, split_seed=1))
     assert base != cache_key("lenet5", "mnist", 0, recipe_for("lenet5", "mnist", 2, limit=100))
     assert base != cache_key("nin", "mnist", 0, recipe_for("lenet5", "mnist", 2))
-    import prunetax.benchmarks._version as version
-    monkeypatch.setattr(version, "__version__", "99.0")
+    monkeypatch.setattr("prunetax.benchmarks._version.__version__", "99.0")
     assert base != cache_key("lenet5", "mnist", 0, r)
 
 
@@ -173,7 +176,7 @@ CIFAR10_QUICK_OLD_KEYS_V010 = {"3887a74ce990ccd9fc2ad7afe04c6176f938ed5548bac8a6
 
 def test_zoo_recipes_keep_their_cache_keys(monkeypatch):
     from prunetax.benchmarks.models import list_models
-    monkeypatch.setattr(benchmarks, "__version__", "0.1.0")  # the version the keys were recorded with
+    monkeypatch.setattr("prunetax.benchmarks._version.__version__", "0.1.0")  # the version the keys were recorded with
     assert {m for m, _ in ZOO_KEYS_V010} == set(list_models()) - {"lenet5", "cifar10_quick"}
     got = {(m, d): cache_key(m, d, 0, recipe_for(m, d)) for m, d in ZOO_KEYS_V010}
     assert got == ZOO_KEYS_V010
@@ -210,7 +213,7 @@ def test_model_registered_with_a_recipe_trains_with_it(mnist, tmp_path, capsys):
             "_with_recipe", "mnist", 0, training.Recipe(epochs=2, lr=0.02, weight_decay=1e-4, batch_size=64))
 
         capsys.readouterr()
-        _, info = train_baseline("_with_recipe", mnist, 0, device="cpu", cache_dir=tmp_path, progress=False,
+        _, info = train_baseline("_with_recipe", mnist, 0, env=Env("cpu", tmp_path), progress=False,
                                  limit=256)
         err = capsys.readouterr().err.strip().splitlines()
         assert info["recipe"] == {**dataclasses.asdict(declared), "limit": 256} and info["epochs"] == 2
@@ -219,14 +222,14 @@ def test_model_registered_with_a_recipe_trains_with_it(mnist, tmp_path, capsys):
         assert "2 epochs at lr 0.02" in err[0] and "weight decay 0.0001" in err[0] and "batch 64" in err[0]
         assert "recipe of _with_recipe" in err[0] and "default recipe" not in err[0]
 
-        _, info = train_baseline("_without_recipe", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path,
+        _, info = train_baseline("_without_recipe", mnist, 0, epochs=1, env=Env("cpu", tmp_path),
                                  progress=False, limit=256)
         err = capsys.readouterr().err.strip().splitlines()
         assert info["recipe"] == {**dataclasses.asdict(default), "epochs": 1, "limit": 256}
         assert len(err) == 2 and "_without_recipe on mnist" in err[0] and "1 epoch at lr 0.05" in err[0]
         assert "default recipe" in err[0]
 
-        _, again = train_baseline("_without_recipe", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path,
+        _, again = train_baseline("_without_recipe", mnist, 0, epochs=1, env=Env("cpu", tmp_path),
                                   progress=False, limit=256)
         assert again["cached"] is True and capsys.readouterr().err == ""  # no line when read from the cache
     finally:
@@ -252,7 +255,7 @@ def test_gradient_clipping_is_a_recipe_field(mnist, tmp_path):
 
     def moved(recipe):  # how far training moved the weights from the seed's initial ones
         from prunetax.benchmarks.models import create_model
-        model, _ = train_baseline("lenet5", mnist, 0, device="cpu", cache_dir=tmp_path, progress=False, recipe=recipe)
+        model, _ = train_baseline("lenet5", mnist, 0, env=Env("cpu", tmp_path), progress=False, recipe=recipe)
         with torch.random.fork_rng():
             torch.manual_seed(0)
             init = create_model("lenet5", 1, 10, 32)
@@ -282,7 +285,7 @@ def test_padding_is_part_of_the_cache_key(mnist, tmp_path):
     raw = load_dataset("mnist", pad_to=None)
     raw = dataclasses.replace(raw, test_x=raw.test_x[:1000], test_y=raw.test_y[:1000])
     assert raw.input_size == 28
-    assert load_baseline("lenet5", raw, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+    assert load_baseline("lenet5", raw, 0, epochs=1, env=Env("cpu", tmp_path), limit=LIMIT) is None
     small, info28 = tiny(raw, tmp_path)
     assert info28["cached"] is False and info28["key"] != info32["key"] and info28["path"] != info32["path"]
     assert (info32["input_size"], info28["input_size"]) == (32, 28)
@@ -296,13 +299,13 @@ def test_padding_is_part_of_the_cache_key(mnist, tmp_path):
 
 def test_dataset_must_match_an_explicit_recipe(mnist, tmp_path):
     with pytest.raises(PrunetaxError, match="pad_to"):
-        train_baseline("lenet5", mnist, 0, device="cpu", cache_dir=tmp_path, progress=False,
+        train_baseline("lenet5", mnist, 0, env=Env("cpu", tmp_path), progress=False,
                        recipe=recipe_for("lenet5", "mnist", 1, limit=LIMIT, pad_to=None))
     with pytest.raises(PrunetaxError, match="contradicts"):
-        train_baseline("lenet5", mnist, 0, epochs=2, device="cpu", cache_dir=tmp_path, progress=False,
+        train_baseline("lenet5", mnist, 0, epochs=2, env=Env("cpu", tmp_path), progress=False,
                        recipe=recipe_for("lenet5", "mnist", 1, limit=LIMIT))
     with pytest.raises(PrunetaxError, match="contradicts"):
-        train_baseline("lenet5", mnist, 0, limit=5, device="cpu", cache_dir=tmp_path, progress=False,
+        train_baseline("lenet5", mnist, 0, limit=5, env=Env("cpu", tmp_path), progress=False,
                        recipe=recipe_for("lenet5", "mnist", 1, limit=LIMIT))
     assert not (tmp_path / "baselines").exists()
 
@@ -311,7 +314,91 @@ def test_entry_of_other_images_under_the_same_name_is_an_error(mnist, tmp_path):
     _, info = tiny(mnist, tmp_path)
     fewer = dataclasses.replace(mnist, train_x=mnist.train_x[:-1], train_y=mnist.train_y[:-1])
     with pytest.raises(PrunetaxError, match="training images"):
-        load_baseline("lenet5", fewer, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT)
+        load_baseline("lenet5", fewer, 0, epochs=1, env=Env("cpu", tmp_path), limit=LIMIT)
+
+
+# --- the Baseline object and the functional API over it ------------------------------------------
+
+def test_baseline_is_a_value_with_its_cache_entry(tmp_path):
+    cell = Cell("lenet5", "mnist", 3, ("filter_l1",), epochs=2, train_limit=256)
+    b = Baseline.for_cell(cell)
+    assert b == Baseline("lenet5", "mnist", 3, recipe_for("lenet5", "mnist", 2, limit=256))
+    assert b == Baseline.resolve("lenet5", "mnist", 3, 2, limit=256) and hash(b) == hash(Baseline.for_cell(cell))
+    assert len({b, Baseline.for_cell(dataclasses.replace(cell, metrics=("random",)))}) == 1  # the metrics do not count
+    assert b.key == cache_key("lenet5", "mnist", 3, b.recipe)
+    assert b.entry(tmp_path) == tmp_path / "baselines" / f"lenet5_mnist_seed3_{b.key[:16]}"
+    assert Baseline.for_cell(Cell("lenet5", "mnist", 0, ())).recipe == recipe_for("lenet5", "mnist")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.seed = 4
+    with pytest.raises(PrunetaxError, match="seed must be an integer"):
+        Baseline("lenet5", "mnist", "3", b.recipe)
+
+
+def test_baseline_get_trains_once_and_cached_reads(mnist, tmp_path, monkeypatch):
+    calls = []
+    real_fit = training.fit
+    monkeypatch.setattr(baseline, "fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
+    b, env = Baseline.for_cell(Cell("lenet5", "mnist", 0, (), epochs=1, train_limit=LIMIT)), Env("cpu", tmp_path)
+    assert b.cached(env) is None
+    model, info = b.get(env, mnist, progress=False)
+    assert calls == [1] and info["cached"] is False and info["path"] == str(b.entry(tmp_path) / "model.pt")
+    again, cached = b.cached(env)
+    assert cached["cached"] is True and cached["digest"] == info["digest"] and state_equal(model, again)
+    assert b.get(env, progress=False)[1]["cached"] is True and calls == [1]
+    _, old = load_baseline("lenet5", mnist, 0, epochs=1, env=env, limit=LIMIT)  # the functional face: same entry
+    assert old["path"] == info["path"] and old["digest"] == info["digest"]
+
+
+def test_prepare_cell_enters_recipe_data_and_model_once(mnist, tmp_path, monkeypatch):
+    """The set-up reads top-down: the recipe is resolved once, the data set loaded once, the
+    network built once (a cached baseline's), whatever the path through the cache."""
+    from prunetax.benchmarks import models
+    from prunetax.benchmarks.cell import Protocol
+    from prunetax.benchmarks.setup import prepare_cell
+
+    cell = Cell("lenet5", "mnist", 0, (), Protocol(test_images=100), epochs=1, train_limit=LIMIT)
+    expected = Baseline.for_cell(cell)
+    expected.get(Env("cpu", tmp_path), mnist, progress=False)
+    counts = {"recipe_for": 0, "load_dataset": 0, "create_model": 0}
+
+    def counted(module, name):
+        real = getattr(module, name)
+
+        def call(*a, **k):
+            counts[name] += 1
+            return real(*a, **k)
+        monkeypatch.setattr(module, name, call)
+
+    counted(baseline, "recipe_for")
+    counted(baseline, "load_dataset")
+    counted(models, "create_model")
+    setup = prepare_cell(cell, Env("cpu", tmp_path))
+    assert setup.info["cached"] is True and setup.recipe == expected.recipe
+    assert counts == {"recipe_for": 1, "load_dataset": 1, "create_model": 1}
+
+
+def test_functional_api_has_at_most_eight_parameters():
+    import inspect
+    for fn in (train_baseline, load_baseline, training.fit, Baseline.get, Baseline.resolve):
+        params = [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+        assert len(params) <= 8, (fn.__name__, params)
+
+
+def test_old_keywords_still_work_with_a_deprecation_warning(mnist, tmp_path):
+    _, info = tiny(mnist, tmp_path)
+    with pytest.warns(DeprecationWarning, match="device, cache_dir are deprecated"):
+        _, by_keywords = load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT)
+    with pytest.warns(DeprecationWarning, match="cache_dir, a device as env"):
+        _, by_position = train_baseline("lenet5", mnist, 0, 1, "cpu", tmp_path, progress=False, limit=LIMIT)
+    with pytest.warns(DeprecationWarning, match="data_root, download are deprecated"):
+        _, with_data = train_baseline("lenet5", "mnist", 0, epochs=1, env=Env("cpu", tmp_path), progress=False,
+                                      limit=LIMIT, data_root=None, download=False)
+    assert by_keywords["path"] == by_position["path"] == with_data["path"] == info["path"]
+    assert by_keywords["cached"] and by_position["cached"] and with_data["cached"]
+    with pytest.raises(TypeError, match="multiple values for argument 'cache_dir'"):
+        load_baseline("lenet5", mnist, 0, 1, "cpu", tmp_path, cache_dir=tmp_path)
+    with pytest.raises(TypeError, match="at most 8 positional"):
+        load_baseline("lenet5", mnist, 0, 1, "cpu", tmp_path, None, LIMIT, "extra")
 
 
 # --- training, determinism, cache -------------------------------------------------------------
@@ -326,18 +413,18 @@ def test_same_seed_same_weights_and_seed_matters(mnist, tmp_path):
 
 def test_cache_hit_returns_same_weights_without_training(mnist, tmp_path, monkeypatch):
     calls = []
-    real_fit = training._fit
-    monkeypatch.setattr(training, "_fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
-    assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+    real_fit = training.fit
+    monkeypatch.setattr(baseline, "fit", lambda *a, **k: (calls.append(1), real_fit(*a, **k))[1])
+    assert load_baseline("lenet5", mnist, 0, epochs=1, env=Env("cpu", tmp_path), limit=LIMIT) is None
     first, info1 = tiny(mnist, tmp_path)
     assert calls == [1] and info1["cached"] is False
     second, info2 = tiny(mnist, tmp_path)
     assert calls == [1] and info2["cached"] is True and info2["path"] == info1["path"]
     assert state_equal(first, second)
-    by_name, _ = train_baseline("lenet5", "mnist", 0, epochs=1, device="cpu", cache_dir=tmp_path,
+    by_name, _ = train_baseline("lenet5", "mnist", 0, epochs=1, env=Env("cpu", tmp_path),
                                 progress=False, limit=LIMIT)  # a name instead of a Dataset: same entry
     assert calls == [1] and state_equal(first, by_name)
-    loaded = load_baseline("lenet5", "mnist", 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT)
+    loaded = load_baseline("lenet5", "mnist", 0, epochs=1, env=Env("cpu", tmp_path), limit=LIMIT)
     assert loaded is not None and state_equal(first, loaded[0]) and not loaded[0].training
 
 
@@ -366,7 +453,7 @@ def test_digest_is_of_the_model_file_written_and_read(mnist, tmp_path):
     from pathlib import Path
 
     def get(load=train_baseline, **kw):
-        return load("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=256, **kw)
+        return load("lenet5", mnist, 0, epochs=1, env=Env("cpu", tmp_path), limit=256, **kw)
 
     _, trained = get(progress=False)
     on_disk = hashlib.sha256(Path(trained["path"]).read_bytes()).hexdigest()
@@ -389,7 +476,7 @@ def test_training_says_what_it_trains_and_where(mnist, tmp_path, capsys):
     progress="always" adds the bar (epoch and loss), the two lines stay on lines of their own."""
     import re
     capsys.readouterr()
-    _, info = train_baseline("lenet5", mnist, 3, epochs=1, device="cpu", cache_dir=tmp_path, progress=True,
+    _, info = train_baseline("lenet5", mnist, 3, epochs=1, env=Env("cpu", tmp_path), progress=True,
                              limit=256)
     entry = os.path.dirname(info["path"])
     err = capsys.readouterr().err
@@ -401,7 +488,7 @@ def test_training_says_what_it_trains_and_where(mnist, tmp_path, capsys):
                         rf"\(cache {re.escape(entry)}\)", lines[1]), lines[1]
     assert f"{info['test_accuracy']:.2f} %" in lines[1]
 
-    train_baseline("lenet5", mnist, 4, epochs=2, device="cpu", cache_dir=tmp_path, progress="always", limit=256)
+    train_baseline("lenet5", mnist, 4, epochs=2, env=Env("cpu", tmp_path), progress="always", limit=256)
     err = capsys.readouterr().err
     assert "epoch=1/2" in err and "epoch=2/2" in err and "loss=" in err and "lenet5/mnist/seed4" in err
     said = [part.split("\r")[-1] for part in err.split("\n") if "seed 4: training" in part or "trained " in part]
@@ -415,7 +502,7 @@ def test_lock_notice_is_not_written_onto_a_bar(tmp_path, monkeypatch, capsys):
     import threading
 
     from tqdm import tqdm
-    monkeypatch.setattr(training, "LOCK_NOTICE_S", 0.1)
+    monkeypatch.setattr(baseline, "LOCK_NOTICE_S", 0.1)
     entry = tmp_path / "baselines" / "x"
     entry.parent.mkdir(parents=True)
     fd = os.open(str(entry) + ".lock", os.O_RDWR | os.O_CREAT)
@@ -424,7 +511,7 @@ def test_lock_notice_is_not_written_onto_a_bar(tmp_path, monkeypatch, capsys):
     releaser = threading.Timer(0.6, os.close, (fd,))
     releaser.start()
     try:
-        with tqdm(total=10, desc="cells", file=sys.stderr) as bar, training._entry_lock(entry, "net/data/seed0"):
+        with tqdm(total=10, desc="cells", file=sys.stderr) as bar, baseline.entry_lock(entry, "net/data/seed0"):
             bar.update(1)
     finally:
         releaser.join()
@@ -445,7 +532,7 @@ def test_failed_write_leaves_no_temporary_file(mnist, tmp_path, monkeypatch):
     entries = [e for e in (tmp_path / "baselines").iterdir() if e.is_dir()]
     assert len(entries) == 1 and os.listdir(entries[0]) == []
     monkeypatch.undo()
-    assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+    assert load_baseline("lenet5", mnist, 0, epochs=1, env=Env("cpu", tmp_path), limit=LIMIT) is None
 
     from pathlib import Path
 
@@ -459,18 +546,18 @@ def test_failed_write_leaves_no_temporary_file(mnist, tmp_path, monkeypatch):
         tiny(mnist, tmp_path)
     assert os.listdir(entries[0]) == ["model.pt"]  # no temporary info.json beside it
     monkeypatch.undo()
-    assert load_baseline("lenet5", mnist, 0, epochs=1, device="cpu", cache_dir=tmp_path, limit=LIMIT) is None
+    assert load_baseline("lenet5", mnist, 0, epochs=1, env=Env("cpu", tmp_path), limit=LIMIT) is None
 
 
 # --- one trainer per entry: the lock ------------------------------------------------------------
 
 def _train_in_process(role, cache, count_file, started, results):
-    """One of two processes asking for the same baseline; its _fit counts calls and dawdles."""
+    """One of two processes asking for the same baseline; its fit counts calls and dawdles."""
     import contextlib
     import io
     torch.set_num_threads(1)
-    training.LOCK_NOTICE_S = 0.5
-    real_fit = training._fit
+    baseline.LOCK_NOTICE_S = 0.5
+    real_fit = training.fit
 
     def fit(*args, **kwargs):
         with open(count_file, "a") as fh:
@@ -479,7 +566,7 @@ def _train_in_process(role, cache, count_file, started, results):
         time.sleep(3)  # hold the lock until the other process is surely waiting for it
         return real_fit(*args, **kwargs)
 
-    training._fit = fit
+    baseline.fit = fit
 
     @register_dataset("_lock_test", channels=1)  # in this child process only; small, so quick to evaluate
     def _noise(root, download):
@@ -491,8 +578,8 @@ def _train_in_process(role, cache, count_file, started, results):
         started.wait(60)
     err, start = io.StringIO(), time.perf_counter()
     with contextlib.redirect_stderr(err):
-        _, info = training.train_baseline("lenet5", "_lock_test", 0, device="cpu", cache_dir=cache, progress=False,
-                                          recipe=recipe_for("lenet5", "_lock_test", 1, eval_size=100))
+        _, info = Baseline("lenet5", "_lock_test", 0, recipe_for("lenet5", "_lock_test", 1, eval_size=100)).get(
+            Env("cpu", cache), progress=False)
     results.put((role, info["cached"], info["path"], err.getvalue(), time.perf_counter() - start))
 
 
@@ -522,7 +609,7 @@ def test_lock_of_a_killed_process_is_released(mnist, tmp_path, monkeypatch, caps
     """A trainer killed while it holds the lock does not block the next one (the kernel drops it)."""
     import threading
     recipe = recipe_for("lenet5", "mnist", 1, limit=LIMIT)
-    lock = str(training._entry_dir(tmp_path, "lenet5", "mnist", 0, recipe)) + ".lock"
+    lock = str(Baseline("lenet5", "mnist", 0, recipe).entry(tmp_path)) + ".lock"
     os.makedirs(os.path.dirname(lock))
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, os, sys, time\n"
@@ -531,7 +618,7 @@ def test_lock_of_a_killed_process_is_released(mnist, tmp_path, monkeypatch, caps
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(training, "LOCK_NOTICE_S", 0.2)
+        monkeypatch.setattr(baseline, "LOCK_NOTICE_S", 0.2)
         killer = threading.Timer(1.5, holder.kill)
         killer.start()
         start = time.perf_counter()
@@ -550,17 +637,15 @@ def test_lock_of_a_killed_process_is_released(mnist, tmp_path, monkeypatch, caps
 
 # --- the train command ------------------------------------------------------------------------
 
-def test_train_command_prints_one_line(mnist, tmp_path, capsys, monkeypatch):
+def test_train_command_prints_one_line(mnist, tmp_path, capsys):
     tiny(mnist, tmp_path)  # populate the cache for this recipe
-    real = training.train_baseline
-    monkeypatch.setattr(training, "train_baseline", lambda *a, **k: real(*a, **{**k, "limit": LIMIT}))
-    code = cli_main(["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", "1",
+    code = cli_main(["train", "--model", "lenet5", "--dataset", "mnist", "--epochs", "1", "--train-limit", str(LIMIT),
                      "--device", "cpu", "--cache-dir", str(tmp_path)])
     out = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(out) == 1
     assert "lenet5" in out[0] and "mnist" in out[0] and "seed 0" in out[0] and "(cached)" in out[0]
     assert str(tmp_path) in out[0] and "%" in out[0]
-    code = cli_main(["train", "--model", "lenet5", "--epochs", "1", "--device", "cpu",
+    code = cli_main(["train", "--model", "lenet5", "--epochs", "1", "--train-limit", str(LIMIT), "--device", "cpu",
                      "--cache-dir", str(tmp_path), "--format", "json"])
     info = json.loads(capsys.readouterr().out)
     assert code == 0 and info["cached"] is True and info["recipe"]["limit"] == LIMIT
@@ -613,7 +698,7 @@ def test_deep_networks_without_batchnorm_learn_on_mnist(mnist, tmp_path, name, l
     small = dataclasses.replace(mnist, test_x=mnist.test_x[:500], test_y=mnist.test_y[:500],
                                 eval_x=mnist.eval_x[:0], eval_y=mnist.eval_y[:0])
     start = time.perf_counter()
-    model, info = train_baseline(name, small, 0, epochs=1, device="cpu", cache_dir=tmp_path, progress=False,
+    model, info = train_baseline(name, small, 0, epochs=1, env=Env("cpu", tmp_path), progress=False,
                                  limit=limit)
     with torch.no_grad():
         logits = model.eval()(small.test_x[:256])

@@ -165,21 +165,19 @@ def check_network(args, data, metrics) -> None:
 def baseline_loader(args, metrics):
     """``prepare_cell``'s ``load_model``: checks ``check_network`` first, then the checkpoint, or
     the cached baseline, or one trained now (said before, with roughly how long)."""
-    def load(data, device):
+    def load(data, env):
+        from prunetax.benchmarks.baseline import Baseline
         from prunetax.benchmarks.commands.train import announce_training
-        from prunetax.benchmarks.setup import Env
-        from prunetax.benchmarks.training import load_baseline, train_baseline
 
         check_network(args, data, metrics)
         if args.checkpoint:
-            return load_checkpoint(args, data, device)
-        cache = Env.from_args(args).cache
-        found = load_baseline(args.model, data, args.seed, args.epochs, device, cache, limit=args.train_limit)
+            return load_checkpoint(args, data, env.torch_device)
+        baseline = Baseline.resolve(args.model, data, args.seed, args.epochs, limit=args.train_limit)
+        found = baseline.cached(env, data)
         if found is not None:
             return found
-        announce_training("saliency", args.model, data, args.seed, args.epochs, args.train_limit, device)
-        return train_baseline(args.model, data, args.seed, epochs=args.epochs, device=device, cache_dir=cache,
-                              progress=sys.stderr.isatty(), limit=args.train_limit)
+        announce_training("saliency", baseline, data, env.torch_device)
+        return baseline.get(env, data, progress=sys.stderr.isatty())
     return load
 
 

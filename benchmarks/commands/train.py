@@ -2,7 +2,7 @@
 
 Before it trains, it says so on stderr, with what (epochs x images) and roughly how long: a few
 training steps of the model are timed here and multiplied out (``announce_training``, which
-``prunetax saliency`` uses too). The training module then names the recipe, device and cache entry.
+``prunetax saliency`` uses too). ``Baseline.get`` then names the recipe, device and cache entry.
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def check_training_arguments(args) -> None:
     at_least("--train-limit", args.train_limit, 1)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``42 s``, ``17 min`` or ``2.5 h``: a rough duration, in the unit that reads best."""
     if seconds < 90:
         return f"{max(1, round(seconds))} s"
     if seconds < 90 * 60:
@@ -97,26 +98,27 @@ def training_notice(command: str, model_name: str, data, seed: int, recipe, devi
     epochs = f"{recipe.epochs} epoch{'s' * (recipe.epochs != 1)}"
     return (f"prunetax {command}: no cached baseline of {model_name} on {data.name} (seed {seed}, {epochs}"
             f"{f', first {recipe.limit} images' if recipe.limit is not None else ''}); training it now: {epochs} x "
-            f"{n:,} images ({steps:,} steps of {recipe.batch_size}), roughly {_duration(steps * step_s)} on {device} "
+            f"{n:,} images ({steps:,} steps of {recipe.batch_size}), roughly {duration(steps * step_s)} on {device} "
             f"at {step_s:.3g} s a step (timed here just now; the machine's load changes it)")
 
 
-def announce_training(command: str, model_name: str, data, seed: int, epochs, limit, device) -> None:
-    """Print ``training_notice`` on stderr for the baseline about to be trained."""
+
+
+def announce_training(command: str, baseline, data, device) -> None:
+    """Print ``training_notice`` on stderr for ``baseline`` (a ``Baseline``), about to be trained
+    on ``data`` on ``device``."""
     import sys
 
-    from prunetax.benchmarks.training import recipe_for
-
-    recipe = recipe_for(model_name, data.name, epochs, **({"limit": limit} if limit is not None else {}))
-    step_s = step_seconds(model_name, data, recipe.batch_size, device)
-    print(training_notice(command, model_name, data, seed, recipe, device, step_s), file=sys.stderr, flush=True)
+    step_s = step_seconds(baseline.network, data, baseline.recipe.batch_size, device)
+    print(training_notice(command, baseline.network, data, baseline.seed, baseline.recipe, device, step_s),
+          file=sys.stderr, flush=True)
 
 
 def run(args) -> int:
-    from prunetax.benchmarks.data import dataset_channels, load_dataset
+    from prunetax.benchmarks.baseline import Baseline
+    from prunetax.benchmarks.data import dataset_channels
     from prunetax.benchmarks.models import model_info
     from prunetax.benchmarks.setup import Env
-    from prunetax.benchmarks.training import load_baseline, recipe_for, train_baseline
 
     check_training_arguments(args)
     with flag("--model", args.model):
@@ -126,17 +128,14 @@ def run(args) -> int:
     env = Env.from_args(args)
     with flag("--device", args.device):
         dev = env.torch_device
-    found = load_baseline(args.model, args.dataset, args.seed, args.epochs, dev, env.cache, limit=args.train_limit)
+    baseline = Baseline.resolve(args.model, args.dataset, args.seed, args.epochs, limit=args.train_limit)
+    found = baseline.cached(env)
     if found is not None:
         info = found[1]
     else:
-        overrides = {"limit": args.train_limit} if args.train_limit is not None else {}
-        recipe = recipe_for(args.model, args.dataset, args.epochs, **overrides)
-        data = load_dataset(args.dataset, root=env.data_root, eval_size=recipe.eval_size, seed=recipe.split_seed,
-                            device=dev, download=args.download, pad_to=recipe.pad_to)
-        announce_training("train", args.model, data, args.seed, args.epochs, args.train_limit, dev)
-        _, info = train_baseline(args.model, data, args.seed, epochs=args.epochs, device=dev, cache_dir=env.cache,
-                                 progress=True, limit=args.train_limit)
+        data = baseline.load_data(env)
+        announce_training("train", baseline, data, dev)
+        _, info = baseline.get(env, data, progress=True)
     if args.format == "json":
         print(json.dumps(info, sort_keys=True))
     else:
