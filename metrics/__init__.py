@@ -25,6 +25,7 @@ _LAZY = {
     "MetricValues": "prunetax.metrics.engine",
     "check_metrics": "prunetax.metrics.engine",
     # one registry per computing axis (docs/metrics.md), and their removal (plug-ins, tests)
+    "register_base_input": "prunetax.metrics.kernels",
     "register_pointwise": "prunetax.metrics.kernels",
     "register_reduction": "prunetax.metrics.kernels",
     "register_aggregation": "prunetax.metrics.kernels",

@@ -146,7 +146,6 @@ PASS_MODULES = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Iden
                 nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
                 nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
                 nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-POOL_MODULES = PASS_MODULES[5:]
 
 ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu_, torch.relu_, F.relu6, F.hardtanh, F.gelu, F.silu,
                         torch.tanh, F.tanh, F.leaky_relu, F.elu, F.hardswish, F.mish, F.selu, F.celu,
@@ -166,7 +165,6 @@ BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul
 FLATTEN_FUNCTIONS = {torch.flatten, torch.reshape}
 FLATTEN_METHODS = {"flatten", "view", "reshape"}
 CAT_FUNCTIONS = {torch.cat, torch.concat}
-NON_TENSOR_METHODS = {"size", "dim", "numel"}
 
 
 def is_activation(node, module) -> bool:
@@ -183,12 +181,6 @@ def is_activation(node, module) -> bool:
 
 def is_batchnorm(node, module) -> bool:
     return node.op == "call_module" and isinstance(module, nn.modules.batchnorm._BatchNorm)
-
-
-def is_pool(node, module) -> bool:
-    if node.op == "call_module":
-        return isinstance(module, POOL_MODULES)
-    return node.op == "call_function" and node.target in PASS_FUNCTIONS and "pool" in getattr(node.target, "__name__", "pool")
 
 
 def describe(node) -> str:

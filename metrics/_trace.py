@@ -13,8 +13,13 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from prunetax.metrics import _fx_rules as R
-from prunetax.metrics._fx_rules import EMPTY, FIXED, Channels
+from prunetax.metrics._fx_rules import (ACTIVATION_FUNCTIONS, ACTIVATION_METHODS, ACTIVATION_MODULES,
+                                        BINARY_FUNCTIONS, BINARY_METHODS, CAT_FUNCTIONS, EMPTY, FIXED,
+                                        FLATTEN_FUNCTIONS, FLATTEN_METHODS, NONZERO_ACTIVATION_FUNCTIONS,
+                                        NONZERO_ACTIVATION_METHODS, NONZERO_ACTIVATION_MODULES,
+                                        PASS_FUNCTIONS, PASS_METHODS, PASS_MODULES, Channels, LayerRule,
+                                        custom_leaf_classes, custom_rule, describe, flatten_channels,
+                                        source_map)
 from prunetax.metrics._types import StructureError
 
 _HOW = "register it with prunetax.metrics.register_layer_rule(...)"
@@ -22,7 +27,7 @@ _HOW = "register it with prunetax.metrics.register_layer_rule(...)"
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        return isinstance(m, R.custom_leaf_classes()) or super().is_leaf_module(m, qualname)
+        return isinstance(m, custom_leaf_classes()) or super().is_leaf_module(m, qualname)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -79,7 +84,7 @@ class Walk:
         self.info: dict[fx.Node, Channels | None] = {}
         self.zero_preserving: dict[fx.Node, bool] = {}
         self.layers: list[dict] = []
-        self.custom: dict[str, R.LayerRule] = {}  # node name -> rule used there
+        self.custom: dict[str, LayerRule] = {}  # node name -> rule used there
         self.pads: dict[str, tuple[int, int]] = {}  # node name -> (front, back) channel padding
         was = {m: m.training for m in gm.modules()}
         gm.eval()
@@ -97,7 +102,7 @@ class Walk:
 
     # -- helpers --------------------------------------------------------------------------------
     def fail(self, node, why: str, how: str = _HOW):
-        raise self.Error(f"cannot place node '{node.name}' ({R.describe(node)}): {why}; {how}")
+        raise self.Error(f"cannot place node '{node.name}' ({describe(node)}): {why}; {how}")
 
     @staticmethod
     def shape(node):
@@ -143,7 +148,7 @@ class Walk:
             self.info[node] = None
             return
         if not tensors:  # a tensor made from nothing channel-related (torch.zeros(...), ...)
-            if node.op == "call_module" and R.custom_rule(self.modules[node.target]) is None:
+            if node.op == "call_module" and custom_rule(self.modules[node.target]) is None:
                 self.fail(node, "no tensor input")
             self.info[node] = None
             return
@@ -156,13 +161,13 @@ class Walk:
         x = tensors[0]
         ch = self.info[x]
         target = module if module is not None else node.target
-        rule = R.custom_rule(target)
+        rule = custom_rule(target)
         if rule is not None:
             self.custom[node.name] = rule
             if rule.channels == "passthrough":
                 return self.check_pass(node, x, ch), rule.zero_preserving
             src = rule.channels(len(ch.ids), module, *node.args, **node.kwargs)
-            out = R.source_map(ch, src)
+            out = source_map(ch, src)
             so = self.shape(node)
             if so is None or len(so) < 2 or so[1] != len(out.ids) * out.kernel:
                 self.fail(node, f"the registered channel rule gives {len(out.ids)} channels, the output has shape {so}")
@@ -182,9 +187,9 @@ class Walk:
             return self.check_pass(node, x, ch), False
         if isinstance(m, nn.PReLU) and m.num_parameters > 1:
             self.fail(node, "PReLU with one parameter per channel is not supported")
-        if isinstance(m, R.ACTIVATION_MODULES):
-            return self.check_pass(node, x, ch), not isinstance(m, R.NONZERO_ACTIVATION_MODULES)
-        if isinstance(m, R.PASS_MODULES):
+        if isinstance(m, ACTIVATION_MODULES):
+            return self.check_pass(node, x, ch), not isinstance(m, NONZERO_ACTIVATION_MODULES)
+        if isinstance(m, PASS_MODULES):
             return self.check_pass(node, x, ch), True
         if isinstance(m, nn.Flatten):
             return self._flatten(node, x, ch), True
@@ -192,15 +197,15 @@ class Walk:
 
     def _function(self, node, x, ch, tensors):
         t = node.target
-        if t in R.ACTIVATION_FUNCTIONS:
-            return self.check_pass(node, x, ch), t not in R.NONZERO_ACTIVATION_FUNCTIONS
-        if t in R.PASS_FUNCTIONS:
+        if t in ACTIVATION_FUNCTIONS:
+            return self.check_pass(node, x, ch), t not in NONZERO_ACTIVATION_FUNCTIONS
+        if t in PASS_FUNCTIONS:
             return self.check_pass(node, x, ch), True
-        if t in R.BINARY_FUNCTIONS:
-            return self._binary(node, R.BINARY_FUNCTIONS[t], tensors)
-        if t in R.FLATTEN_FUNCTIONS:
+        if t in BINARY_FUNCTIONS:
+            return self._binary(node, BINARY_FUNCTIONS[t], tensors)
+        if t in FLATTEN_FUNCTIONS:
             return self._flatten(node, x, ch), True
-        if t in R.CAT_FUNCTIONS:
+        if t in CAT_FUNCTIONS:
             return self._cat(node, tensors)
         if t in (torch.mean, torch.sum, torch.amax):
             return self._reduce(node, x, ch), True
@@ -212,13 +217,13 @@ class Walk:
 
     def _method(self, node, x, ch, tensors):
         t = node.target
-        if t in R.ACTIVATION_METHODS:
-            return self.check_pass(node, x, ch), t not in R.NONZERO_ACTIVATION_METHODS
-        if t in R.PASS_METHODS:
+        if t in ACTIVATION_METHODS:
+            return self.check_pass(node, x, ch), t not in NONZERO_ACTIVATION_METHODS
+        if t in PASS_METHODS:
             return self.check_pass(node, x, ch), True
-        if t in R.BINARY_METHODS:
-            return self._binary(node, R.BINARY_METHODS[t], tensors)
-        if t in R.FLATTEN_METHODS:
+        if t in BINARY_METHODS:
+            return self._binary(node, BINARY_METHODS[t], tensors)
+        if t in FLATTEN_METHODS:
             return self._flatten(node, x, ch), True
         if t in ("mean", "sum", "amax"):
             return self._reduce(node, x, ch), True
@@ -293,7 +298,7 @@ class Walk:
                 shape_args = tuple(shape_args[0])
             if len(shape_args) != 2 or shape_args[-1] != -1:
                 self.fail(node, "reshape with literal sizes; use torch.flatten(x, 1) or x.view(x.size(0), -1)")
-        out = R.flatten_channels(ch, self.shape(x), self.shape(node))
+        out = flatten_channels(ch, self.shape(x), self.shape(node))
         if out is None:
             if self.shape(x) == self.shape(node):
                 return ch

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunetax.metrics._fx_rules import LM_STRUCTURAL, LayerRule, custom_rule, target_name
-from prunetax.metrics.masking import _Input, _Mask
+from prunetax.metrics.masking import LayerInput, MaskPoint
 from prunetax.taxonomy.errors import PrunetaxError
 
 _RELU_LIKE_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
@@ -112,12 +112,12 @@ def pad_as_conv(module, x: torch.Tensor):
     return x, module.padding
 
 
-def _twin_conv(x, w2, shape, stride, padding, dilation, groups):
+def twin_conv(x, w2, shape, stride, padding, dilation, groups):
     """conv2d(x, w2) for the twin's zero input (numeric padding): its graph without its forward."""
     return _ZeroForwardConv2d.apply(x, w2, shape, _pair(stride), _pair(padding), _pair(dilation), groups)
 
 
-def _twin_linear(x, w2):
+def twin_linear(x, w2):
     """linear(x, w2) for the twin's zero input: its graph without its forward."""
     return _ZeroForwardLinear.apply(x, w2)
 
@@ -154,70 +154,68 @@ class _Twin(fx.Interpreter):
         return self.primal[a.name] if isinstance(a, fx.Node) else a
 
     def _twin(self, n, args, kwargs, deps):
+        """The twin's value at node ``n`` (which depends on the input), given its twin arguments."""
         where = f"node '{n.name}' ({n.op} {getattr(n.target, '__name__', n.target)})"
         m = self.module.get_submodule(n.target) if n.op == "call_module" else None
         rule = custom_rule(m if m is not None else n.target)
         if rule is not None and rule.lm is not None:
             return self._custom(n, m, rule, args, kwargs, deps)
         if n.op == "call_module":
-            x = args[0]
-            if isinstance(m, nn.Conv2d):
-                w = m.weight.detach()   # constants of the twin: no graph towards the parameters
-                x, padding = pad_as_conv(m, x)
-                return _twin_conv(x, w * w, self.primal[n.name].shape, m.stride, padding, m.dilation, m.groups)
-            if isinstance(m, nn.Linear):
-                w = m.weight.detach()
-                return _twin_linear(x, w * w)
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if m.training:
-                    raise PrunetaxError(f"LM curvature needs eval-mode BatchNorm at {where}; call model.eval()")
-                scale = torch.rsqrt(m.running_var + m.eps)
-                if m.weight is not None:
-                    scale = scale * m.weight
-                shape = [1, -1] + [1] * (x.dim() - 2)
-                return x * (scale * scale).view(shape)
-            if isinstance(m, _RELU_LIKE_MODULES):
-                d = _relu_like_derivative(m, self._primal_arg(n))
-                return x * d * d
-            if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)):
-                return x
-            if isinstance(m, nn.MaxPool2d):
-                return self._maxpool(x, self._primal_arg(n), m.kernel_size, m.stride, m.padding, m.dilation,
-                                     m.ceil_mode)
-            if isinstance(m, nn.AvgPool2d):
-                kw = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode,
-                          count_include_pad=m.count_include_pad)
-                return F.avg_pool2d(x, **kw) * _pool_coefficient(x, **kw)
-            if isinstance(m, nn.AdaptiveAvgPool2d):
-                return self._adaptive_avg(x, m.output_size, where)
-            if isinstance(m, nn.Flatten):
-                return m(x)
-            if isinstance(m, (_Mask, _Input)):
-                return m(x)  # a 0/1 channel mask (squares to itself) or an identity
-            if rule is not None:
-                self._no_lm_face(n, m)
+            out = self._module(n, m, args[0], where)
+        else:
+            out = self._function(n, args, kwargs, where)
+        if out is not None:
+            return out
+        if rule is not None:
+            self._no_lm_face(n, m)
+        if n.op == "call_module":
             raise PrunetaxError(f"LM curvature cannot square module {type(m).__name__} at {where}; "
                                 "hessian_lm metrics support conv, linear, BatchNorm, ReLU-like, pooling layers")
+        raise PrunetaxError(f"LM curvature cannot square {where}; hessian_lm metrics support linear ops, "
+                            "ReLU-like activations, pooling, add, cat, flatten, pad and slicing")
+
+    def _module(self, n: fx.Node, m, x, where: str):
+        """The twin of module ``m`` at node ``n`` on the twin value ``x``; None for a module it cannot square."""
+        if isinstance(m, nn.Conv2d):
+            w = m.weight.detach()   # constants of the twin: no graph towards the parameters
+            x, padding = pad_as_conv(m, x)
+            return twin_conv(x, w * w, self.primal[n.name].shape, m.stride, padding, m.dilation, m.groups)
+        if isinstance(m, nn.Linear):
+            w = m.weight.detach()
+            return twin_linear(x, w * w)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.training:
+                raise PrunetaxError(f"LM curvature needs eval-mode BatchNorm at {where}; call model.eval()")
+            scale = torch.rsqrt(m.running_var + m.eps)
+            if m.weight is not None:
+                scale = scale * m.weight
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            return x * (scale * scale).view(shape)
+        if isinstance(m, _RELU_LIKE_MODULES):
+            d = _relu_like_derivative(m, self._primal_arg(n))
+            return x * d * d
+        if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity)):
+            return x
+        if isinstance(m, nn.MaxPool2d):
+            return self._maxpool(x, self._primal_arg(n), m.kernel_size, m.stride, m.padding, m.dilation,
+                                 m.ceil_mode)
+        if isinstance(m, nn.AvgPool2d):
+            kw = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode,
+                      count_include_pad=m.count_include_pad)
+            return F.avg_pool2d(x, **kw) * _pool_coefficient(x, **kw)
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return self._adaptive_avg(x, m.output_size, where)
+        if isinstance(m, nn.Flatten):
+            return m(x)
+        if isinstance(m, (MaskPoint, LayerInput)):
+            return m(x)  # a 0/1 channel mask (squares to itself) or an identity
+        return None
+
+    def _function(self, n: fx.Node, args, kwargs, where: str):
+        """The twin of function or method node ``n`` on its twin arguments; None for one it cannot square."""
         target = n.target
-        if target in _ADD or target in _SUB:
-            a, b = args[0], args[1]
-            ad = isinstance(n.args[0], fx.Node) and n.args[0].name in self.dependent
-            bd = isinstance(n.args[1], fx.Node) and n.args[1].name in self.dependent
-            if ad and bd:
-                return a + b  # (±1)^2 = 1
-            return a if ad else b
-        if target in _MUL or target in _DIV:
-            ad = isinstance(n.args[0], fx.Node) and n.args[0].name in self.dependent
-            bd = isinstance(n.args[1], fx.Node) and n.args[1].name in self.dependent
-            if ad and bd:
-                raise PrunetaxError(f"LM curvature: product of two input-dependent tensors at {where} is not linear")
-            if ad:
-                c = self._primal_arg(n, 1)
-                return args[0] * c * c if target in _MUL else args[0] / (c * c)
-            if target in _DIV:
-                raise PrunetaxError(f"LM curvature: division by an input-dependent tensor at {where}")
-            c = self._primal_arg(n, 0)
-            return args[1] * c * c
+        if target in _ADD or target in _SUB or target in _MUL or target in _DIV:
+            return self._arithmetic(n, args, where)
         if target in _RELU_LIKE_FUNCTIONS or (n.op == "call_method" and target in _ACTIVATION_DERIVATIVE_METHODS):
             d = _relu_like_derivative(target, self._primal_arg(n), n.kwargs)
             return args[0] * d * d
@@ -245,10 +243,27 @@ class _Twin(fx.Interpreter):
             return target(*args, **kwargs)
         if n.op == "call_method" and target in _STRUCTURAL_METHODS:
             return getattr(args[0], target)(*args[1:], **kwargs)
-        if rule is not None:
-            self._no_lm_face(n, m)
-        raise PrunetaxError(f"LM curvature cannot square {where}; hessian_lm metrics support linear ops, "
-                            "ReLU-like activations, pooling, add, cat, flatten, pad and slicing")
+        return None
+
+    def _arithmetic(self, n: fx.Node, args, where: str):
+        """The twin of ``a ± b`` (coefficients ±1 square to 1) and of ``a * c``, ``a / c`` with ``c``
+        a constant (its square scales the twin)."""
+        target = n.target
+        ad = isinstance(n.args[0], fx.Node) and n.args[0].name in self.dependent
+        bd = isinstance(n.args[1], fx.Node) and n.args[1].name in self.dependent
+        if target in _ADD or target in _SUB:
+            if ad and bd:
+                return args[0] + args[1]  # (±1)^2 = 1
+            return args[0] if ad else args[1]
+        if ad and bd:
+            raise PrunetaxError(f"LM curvature: product of two input-dependent tensors at {where} is not linear")
+        if ad:
+            c = self._primal_arg(n, 1)
+            return args[0] * c * c if target in _MUL else args[0] / (c * c)
+        if target in _DIV:
+            raise PrunetaxError(f"LM curvature: division by an input-dependent tensor at {where}")
+        c = self._primal_arg(n, 0)
+        return args[1] * c * c
 
     # -- registered layer rules (register_layer_rule(..., lm=...)) ----------------------------------
     @staticmethod

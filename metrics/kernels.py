@@ -1,11 +1,28 @@
-"""Component kernels: one registered function per component of every axis that computes something.
+"""Component kernels: one registered function per component of every axis.
 
-A metric's value is ``scaling(structure(aggregation(reduction(pointwise(x)))))`` (docs/metrics.md);
-each of those five axes has a registry here, and the engine (``prunetax.metrics.engine``) looks
-every component up by its id, never by an ``if name == ...`` chain. Adding a component is one
+A metric's value is ``scaling(structure(aggregation(reduction(pointwise(x)))))`` (docs/metrics.md),
+with ``x`` the elements of its base input; each of those six axes (the base input and the five
+functions) has a registry here, and the engine (``prunetax.metrics.engine``) looks every
+component up by its id, never by an ``if name == ...`` chain. Adding a component is one
 ``prunetax.taxonomy.register_component`` entry, one function registered here with the matching
 decorator, and its test (tests/test_kernels.py):
 
+- ``@register_base_input(id, signals, counts, layer_stats=None)``: ``(x, g, h) = fn(sites, sig, B,
+  layer, consumer)``, the elements of one site (``layer`` read as a producer, its output
+  channels, or with ``consumer`` as a consumer, its input slices) and their gradients and LM
+  curvature for a chunk of ``B`` images per trajectory, each broadcastable to ``[K, B, C, E]``
+  (``sites``: ``prunetax.metrics.engine.sites.Sites``, the keep masks and the model; ``sig``:
+  ``prunetax.metrics.signals.Signals``, what the pass collected). ``signals(structure, spec, reads,
+  consumers)`` says what the pass must collect for a spec: {``Needs`` field (``act``, ``act_in``,
+  ``weight``, ``bn``): layer names}, given the signals its pointwise reads besides x (``reads``,
+  a subset of {"g", "h"}) and whether its structure reads consumer slices (``consumers``); it
+  raises ``PrunetaxError`` when the network lacks what the input reads; an empty dict means no
+  image pass. ``counts(sites, layer, consumer)`` gives the elements per channel, float64 [K, C]
+  (for the ``elements`` scaling). ``layer_stats(acc, sig, B, layer, roles)`` (optional) forms the
+  fast-path statistics of a layer's sites itself (``weight`` streams its per-image gradients):
+  for ``roles`` {consumer: {(pointwise, aggregation): reductions}} it returns {consumer:
+  {(pointwise, statistic): [K, B or 1, C]}}; without it the engine forms them from ``fn``'s
+  elements (``prunetax.metrics.engine.stream.Accumulator.element_stats``).
 - ``@register_pointwise(id, needs=(), stats=None)``: ``f = fn(x, g, h)`` per element, shapes
   ``[..., C, E]`` (channels, elements); ``g``, ``h`` are None unless ``needs`` names them.
   ``stats`` (optional) is the pointwise's *statistics recipe* for the engine's shared fast path:
@@ -40,9 +57,9 @@ from typing import Callable
 import torch
 
 from prunetax.taxonomy import vocab
-from prunetax.taxonomy.errors import SpecError
+from prunetax.taxonomy.errors import PrunetaxError, SpecError
 
-KERNEL_AXES = ("pointwise", "reduction", "aggregation", "structure", "scaling")
+KERNEL_AXES = ("base_input", "pointwise", "reduction", "aggregation", "structure", "scaling")
 STATISTICS = ("sum", "l1", "l2")       # what a SharedStats workspace forms: Σf, Σ|f|, Σf²
 
 
@@ -58,6 +75,9 @@ class Kernel:
     finish: Callable | None = None      # reduction: in-place float64 op on that statistic
     reduce_first: bool = True           # aggregation: running total of R(f_n) (else of f_n)
     consumers: bool = False             # structure: reads the consumer layers' input slices
+    signals: Callable | None = None     # base input: what the pass collects for a spec
+    counts: Callable | None = None      # base input: elements per channel of a site
+    layer_stats: Callable | None = None  # base input: its own fast-path statistics of a layer's sites
 
 
 _KERNELS: dict[str, dict[str, Kernel]] = {axis: {} for axis in KERNEL_AXES}
@@ -72,6 +92,15 @@ def _register(axis: str, name: str, **info):
         _KERNELS[axis][comp.id] = Kernel(axis, comp.id, fn, **info)
         return fn
     return deco
+
+
+def register_base_input(name: str, signals: Callable, counts: Callable, layer_stats: Callable | None = None):
+    """Register the kernel ``fn(sites, sig, B, layer, consumer) -> (x, g, h)`` of taxonomy base
+    input ``name`` (a decorator), with ``signals`` and ``counts`` (and optionally
+    ``layer_stats``): module docstring."""
+    if not (callable(signals) and callable(counts)) or (layer_stats is not None and not callable(layer_stats)):
+        raise SpecError(f"base input {name!r}: signals and counts (and layer_stats, if given) must be functions")
+    return _register("base_input", name, signals=signals, counts=counts, layer_stats=layer_stats)
 
 
 def register_pointwise(name: str, needs: tuple[str, ...] = (), stats: Callable | None = None):
@@ -376,3 +405,170 @@ def _layer_l2(D, specs, ctx):
 def _weights_removed(D, specs, ctx):
     """Structure.weights_removed(keep) of the channel's unit."""
     return ctx.weights_removed()
+
+
+# -- base inputs (the elements of a site) ---------------------------------------------------------------
+def _activation_signals(structure, spec, reads, consumers):
+    """The producers' mask-point activations and, for consumer slices, the conv consumers' inputs."""
+    out = {"act": structure.producers}
+    if consumers:
+        out["act_in"] = structure.conv_consumers
+    return out
+
+
+def _activation_counts(sites, layer, consumer):
+    """The spatial size of the activation (noted when the site's elements were formed)."""
+    L = sites.st.layers[layer]
+    C = L.in_channels if consumer else L.out_channels
+    return torch.full((sites.K, C), float(sites.spatial[(layer, consumer)]), dtype=torch.float64,
+                      device=sites.active.device)
+
+
+@register_base_input("activation", signals=_activation_signals, counts=_activation_counts)
+def _activation(sites, sig, B, layer, consumer):
+    """The mask-point tensor of a producer, or the tensor entering a consumer, per image."""
+    x, g, h = (sig.act_in if consumer else sig.act)[layer]
+    sites.spatial[(layer, consumer)] = x.shape[-1]
+    r = lambda t: None if t is None else t.reshape(sites.K, B, *t.shape[1:])  # noqa: E731
+    return r(x), r(g), r(h)
+
+
+def _weight_signals(structure, spec, reads, consumers):
+    """Per-image weight gradients, when the pointwise reads g or h (weight values read no pass)."""
+    if not reads:
+        return {}
+    return {"weight": [*structure.producers, *(structure.conv_consumers if consumers else [])]}
+
+
+def _weight_counts(sites, layer, consumer):
+    """Active inputs of the channel's group (consumer: active outputs of the slice's group) x kernel."""
+    L = sites.st.layers[layer]
+    G = L.groups
+    if consumer:
+        per_group = sites.act_of(L.out_units).view(sites.K, G, -1).sum(-1)
+        return per_group.repeat_interleave(L.in_channels // G, 1) * L.kernel
+    per_group = sites.act_of(L.in_units).view(sites.K, G, -1).sum(-1)
+    return per_group.repeat_interleave(L.out_channels // G, 1) * L.kernel
+
+
+def _weight_layer_stats(acc, sig, B: int, layer: str, roles: dict) -> dict:
+    """Weight statistics of a layer's rows (producer) and input slices (consumer) from one pass
+    over its per-image gradients, formed ``chunk`` images at a time; the bias is one more
+    element of each producer row. consumer -> {(pointwise, statistic): [K, B or 1, C]}."""
+    K = acc.K
+    L = acc.sites.st.layers[layer]
+    m = acc.sites.model.get_submodule(layer)
+    G, O, I = L.groups, L.out_channels, L.in_channels
+    Ig = I // G
+    Wm = acc.sites.masked_weight(layer)                            # [K, O, I/G, k]
+    kk = Wm.shape[-1]
+    bias = m.bias.detach() if m.bias is not None else None
+    want = acc.stat_sets(roles)
+    need_g = any("g" in registered("pointwise", pw).needs for pw in want)
+    need_h = any("h" in registered("pointwise", pw).needs for pw in want)
+    prod, cons = False in roles, True in roles
+    want_b = acc.stat_sets({False: roles[False]}) if prod and bias is not None else {}
+
+    def reduce(t):                                                  # [..., O, I/G, k]
+        lead = t.shape[:-3]
+        out = ()
+        if prod:   # one contiguous reduction over the row (a small inner dim k reduces slowly)
+            out += (t.reshape(*lead, O, Ig * kk).sum(-1),)
+        if cons:   # over the group's outputs first (an outer-dim sum), then k on O/G x less data
+            out += (t.reshape(*lead, G, O // G, Ig, kk).sum(-3).sum(-1).reshape(*lead, I),)
+        return out
+
+    def one(t):
+        return (t.sum(-1),)
+
+    roles_order = [c for c in (False, True) if c in roles]
+    const = {pw: sts for pw, sts in want.items() if not (registered("pointwise", pw).needs & {"g", "h"})}
+    varying = {k: v for k, v in want.items() if k not in const}
+    bufs: dict = {}
+
+    def store(rows, stats, bias_stats):
+        for key, rs in stats.items():
+            for role, r in zip(roles_order, rs):
+                if role is False and bias_stats is not None and key in bias_stats:
+                    r = r + bias_stats[key][0]
+                if (role, key) not in bufs:
+                    bufs[(role, key)] = r.new_empty(K, B if rows is not None else 1, r.shape[-1])
+                if rows is None:
+                    bufs[(role, key)][:, 0] = r
+                else:
+                    bufs[(role, key)][:, rows] = r
+
+    # every trajectory at once: weights [K, 1, O, I/G, k] against per-image gradients [K, n, ...]
+    if const:
+        st = pointwise_stats(Wm, None, None, const, reduce)
+        bst = pointwise_stats(bias[:, None], None, None, {p: want_b[p] for p in const if p in want_b},
+                              one) if want_b else None
+        store(None, st, bst)
+    if varying:
+        chunk = acc.weight_chunk(K * O * Ig * kk * Wm.element_size(), B)
+        vb = {p: want_b[p] for p in varying if p in want_b}
+        for b0 in range(0, B, chunk):
+            b1 = min(B, b0 + chunk)
+            n = b1 - b0
+            g, gb, h, hb = sig.weight_grad.block(layer, K, B, b0, b1, h=need_h)
+            g = g.view(K, n, O, Ig, kk) if need_g else None
+            h = h.view(K, n, O, Ig, kk) if h is not None else None
+            st = pointwise_stats(Wm[:, None], g, h, varying, reduce)
+            bst = None
+            if vb:
+                bst = pointwise_stats(bias[:, None], gb.view(K, n, O, 1),
+                                      None if hb is None else hb.view(K, n, O, 1), vb, one)
+            store(slice(b0, b1), st, bst)
+    out: dict = {c: {} for c in roles_order}
+    for (role, key), buf in bufs.items():
+        out[role][key] = buf
+    return out
+
+
+@register_base_input("weight", signals=_weight_signals, counts=_weight_counts, layer_stats=_weight_layer_stats)
+def _weight(sites, sig, B, layer, consumer):
+    """The masked weights (producer rows with the bias, or consumer slices) and, when the pass
+    formed them, their per-image gradients and LM curvature."""
+    grads = layer in sig.weight_grad
+    return (sites.weight_x(layer, consumer),
+            sites.weight_g(sig, B, layer, 0, consumer) if grads else None,
+            sites.weight_g(sig, B, layer, 1, consumer) if grads else None)
+
+
+def _bn_signals(structure, spec, reads, consumers):
+    """The per-image gradients of every producer's own BatchNorm (it must have one)."""
+    missing = [p for p in structure.producers if structure.layers[p].bn is None]
+    if missing:
+        raise PrunetaxError(f"metric {spec} reads BatchNorm parameters but producer '{missing[0]}' has no "
+                            "BatchNorm of its own; use a weight or activation metric on this network")
+    return {"bn": structure.producers}
+
+
+def _bn_counts(sites, layer, consumer):
+    """One element per channel."""
+    return torch.ones(sites.K, sites.st.layers[layer].out_channels, dtype=torch.float64, device=sites.active.device)
+
+
+def bn_elements(sites, sig, B: int, layer: str, param: str):
+    """(x, g, h) of the producer's own BatchNorm parameter ``param`` ("weight" γ or "bias" β):
+    x [1, 1, C, 1], the same for every image and trajectory; g, h [K, B, C, 1], None where the
+    pass did not form them (no pass collected this BatchNorm's gradients)."""
+    bn = sites.model.get_submodule(sites.st.layers[layer].bn)
+    gg, gb, hg, hb = sig.bn.get(layer, (None, None, None, None))
+    p, g, h = (bn.weight, gg, hg) if param == "weight" else (bn.bias, gb, hb)
+    if p is None:
+        raise PrunetaxError(f"BatchNorm '{sites.st.layers[layer].bn}' has no affine {param}")
+    r = lambda t: None if t is None else t.reshape(sites.K, B, -1, 1)  # noqa: E731
+    return p.detach().reshape(1, 1, -1, 1), r(g), r(h)
+
+
+@register_base_input("bn_weight", signals=_bn_signals, counts=_bn_counts)
+def _bn_weight(sites, sig, B, layer, consumer):
+    """The scale γ of the producer's own BatchNorm."""
+    return bn_elements(sites, sig, B, layer, "weight")
+
+
+@register_base_input("bn_bias", signals=_bn_signals, counts=_bn_counts)
+def _bn_bias(sites, sig, B, layer, consumer):
+    """The shift β of the producer's own BatchNorm."""
+    return bn_elements(sites, sig, B, layer, "bias")

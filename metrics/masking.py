@@ -38,7 +38,11 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class _Mask(nn.Module):
+class MaskPoint(nn.Module):
+    """Inserted at a mask point: multiplies each trajectory's rows by its keep mask (per channel)
+    and, while recording, keeps the masked tensor as the tap of producer ``tap`` (None for a
+    re-mask after an op that does not keep zeros zero)."""
+
     def __init__(self, state: _State, index: torch.Tensor, tap: str | None):
         super().__init__()
         self.__dict__["state"] = state  # not a submodule, not copied into the state_dict
@@ -57,7 +61,10 @@ class _Mask(nn.Module):
         return x
 
 
-class _Input(nn.Module):
+class LayerInput(nn.Module):
+    """Inserted before a layer: while recording, keeps the layer's input (``[N, C, spatial]`` for
+    a linear layer after a flatten); the identity otherwise."""
+
     def __init__(self, state: _State, layer: str, channels: int, kernel: int):
         super().__init__()
         self.__dict__["state"] = state
@@ -111,12 +118,12 @@ class MaskedModel(nn.Module):
 
         for i, name in enumerate(structure.producers):
             point = structure.layers[name].mask_point
-            insert_after(node(point), f"_prunetax_mask_{i}", _Mask(self._state, index(point), name))
+            insert_after(node(point), f"_prunetax_mask_{i}", MaskPoint(self._state, index(point), name))
         for i, name in enumerate(structure.remask):
-            insert_after(node(name), f"_prunetax_remask_{i}", _Mask(self._state, index(name), None))
+            insert_after(node(name), f"_prunetax_remask_{i}", MaskPoint(self._state, index(name), None))
         for i, (name, L) in enumerate(structure.layers.items()):
             layer_node = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == name)
-            gm.add_submodule(f"_prunetax_input_{i}", _Input(self._state, name, L.in_channels, L.kernel if L.kind == "linear" else 1))
+            gm.add_submodule(f"_prunetax_input_{i}", LayerInput(self._state, name, L.in_channels, L.kernel if L.kind == "linear" else 1))
             with gm.graph.inserting_before(layer_node):
                 rec = gm.graph.call_module(f"_prunetax_input_{i}", (layer_node.args[0],))
             layer_node.args = (rec,) + tuple(layer_node.args[1:])

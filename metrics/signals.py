@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from prunetax.metrics.curvature import lm_curvature, pad_as_conv, record_forward
-from prunetax.metrics.masking import _Input, _Mask
+from prunetax.metrics.masking import LayerInput, MaskPoint
 
 
 @dataclass
@@ -28,6 +28,10 @@ class Needs:
     bn: set = field(default_factory=set)         # producers whose BatchNorm parameters are read
     grad: bool = False
     lm: bool = False
+
+
+# the Needs fields that name layers: what a base input's ``signals`` kernel may ask for
+LAYER_SIGNALS = ("act", "act_in", "weight", "bn")
 
 
 @dataclass
@@ -60,7 +64,7 @@ class WeightGrads(Mapping):
 
     def rows(self, name, rows, h: bool = True):
         module, L, x_in, g_out, h_out = self.io[name]
-        return _weight_grads(module, L, x_in[rows], g_out[rows],
+        return weight_grads(module, L, x_in[rows], g_out[rows],
                              h_out[rows] if (h and h_out is not None) else None)
 
     def block(self, name, K: int, B: int, b0: int, b1: int, h: bool = True):
@@ -71,7 +75,7 @@ class WeightGrads(Mapping):
             if t is None or (b0 == 0 and b1 == B):
                 return t
             return t.reshape(K, B, *t.shape[1:])[:, b0:b1].reshape(K * (b1 - b0), *t.shape[1:])
-        return _weight_grads(module, L, sel(x_in), sel(g_out), sel(h_out) if h else None)
+        return weight_grads(module, L, sel(x_in), sel(g_out), sel(h_out) if h else None)
 
     def __iter__(self):
         return iter(self.io)
@@ -85,93 +89,121 @@ def _flat(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
 
 
 def collect(masked, x: torch.Tensor, y: torch.Tensor, needs: Needs) -> Signals:
-    st = masked.structure
-    gm = masked.graph_module
-    out = Signals()
-    want_grad = needs.grad or bool(needs.weight)
-    layer_io: dict[str, list] = {}
-    bn_io: dict[str, list] = {}
-    hooks = []
-    weight_layers = set(needs.weight)
-    bn_layers = {st.layers[n].bn: n for n in needs.bn}
-    for name in weight_layers:
-        def keep_output(module, inputs, output, name=name):
-            layer_io[name] = [output]
-        hooks.append(gm.get_submodule(name).register_forward_hook(keep_output))
-    for bn_name, producer in bn_layers.items():
-        def keep_bn(module, inputs, output, producer=producer):
-            bn_io[producer] = [inputs[0], output]
-        hooks.append(gm.get_submodule(bn_name).register_forward_hook(keep_bn))
-    masked.record = True
-    try:
-        with torch.enable_grad():
-            xin = x.detach().requires_grad_(want_grad)
-            primal = None
-            if needs.lm and x.shape[0] % masked.num_trajectories == 0:
-                # the same forward as masked(xin), through an fx interpreter that also keeps every
-                # node's value: the LM curvature reads them instead of running the network again
-                masked.taps.clear()
-                masked.inputs.clear()
-                logits, primal = record_forward(gm, xin)
-            else:
-                logits = masked(xin)
-            taps, inputs = dict(masked.taps), dict(masked.inputs)
-            targets: list[torch.Tensor] = []
-            index: dict[tuple, int] = {}
-
-            def want(key, tensor):
-                index[key] = len(targets)
-                targets.append(tensor)
-            if want_grad:
-                for name in needs.act:
-                    want(("act", name), taps[name])
-                for name in needs.act_in | weight_layers:
-                    want(("in", name), inputs[name])
-                for name in weight_layers:
-                    want(("out", name), layer_io[name][0])
-                for producer in bn_io:
-                    want(("bn", producer), bn_io[producer][1])
-                loss = F.cross_entropy(logits, y, reduction="sum")
-                grads = torch.autograd.grad(loss, targets, allow_unused=True) if targets else []
-            else:
-                grads = []
-    finally:
-        masked.record = False
-        for h in hooks:
-            h.remove()
-
-    def grad_of(key):
-        if key not in index:
-            return None
-        g = grads[index[key]]
-        return torch.zeros_like(targets[index[key]]) if g is None else g.detach()
-
+    """The signals ``needs`` asks for, from one forward/backward pass of ``masked`` over ``x``
+    (K*B images, trajectory-major) with labels ``y`` (module docstring)."""
+    run = _Pass(masked, needs)
+    run.forward_backward(x, y)
     curv: dict[str, torch.Tensor] = {}
     if needs.lm:
-        curv = _curvature(masked, x, needs, weight_layers, bn_layers, primal, logits)
-
-    for name in needs.act:
-        C = st.layers[name].out_channels
-        out.act[name] = (_flat(taps[name].detach(), C), _flat(grad_of(("act", name)), C),
-                         _flat(curv.get(("act", name)), C))
-    for name in needs.act_in:
-        C = st.layers[name].in_channels
-        out.act_in[name] = (_flat(inputs[name].detach(), C), _flat(grad_of(("in", name)), C),
-                            _flat(curv.get(("in", name)), C))
-    for name in weight_layers:
-        out.weight_io[name] = (gm.get_submodule(name), st.layers[name], inputs[name].detach(),
-                               grad_of(("out", name)), curv.get(("out", name)))
-    for producer, (bn_in, bn_out) in bn_io.items():
-        out.bn[producer] = _bn_grads(gm.get_submodule(st.layers[producer].bn), bn_in.detach(),
-                                     grad_of(("bn", producer)), curv.get(("bn", producer)))
-    return out
+        curv = curvature_signals(masked, x, needs, run.weight_layers, run.bn_layers, run.primal, run.logits)
+    return run.signals(curv)
 
 
-def _curvature(masked, x, needs, weight_layers, bn_layers, primal=None, logits=None) -> dict:
+class _Pass:
+    """One forward/backward pass of a masked network: what it keeps (mask-point taps, layer
+    inputs, the outputs of layers whose weights are read, BatchNorm inputs and outputs) and the
+    gradients of the summed loss with respect to them."""
+
+    def __init__(self, masked, needs: Needs):
+        self.masked, self.needs = masked, needs
+        self.st, self.gm = masked.structure, masked.graph_module
+        self.want_grad = needs.grad or bool(needs.weight)
+        self.weight_layers = set(needs.weight)
+        self.bn_layers = {self.st.layers[n].bn: n for n in needs.bn}
+        self.layer_io: dict[str, list] = {}        # layer -> [output]
+        self.bn_io: dict[str, list] = {}           # producer -> [BatchNorm input, its output]
+        self.targets: list[torch.Tensor] = []      # what the loss is differentiated with respect to
+        self.index: dict[tuple, int] = {}          # (kind, layer) -> its position in targets
+        self.grads: list = []
+        self.primal = self.logits = None
+
+    def _hooks(self) -> list:
+        """Forward hooks keeping the outputs of the weight layers and the BatchNorms' inputs and outputs."""
+        hooks = []
+        for name in self.weight_layers:
+            def keep_output(module, inputs, output, name=name):
+                self.layer_io[name] = [output]
+            hooks.append(self.gm.get_submodule(name).register_forward_hook(keep_output))
+        for bn_name, producer in self.bn_layers.items():
+            def keep_bn(module, inputs, output, producer=producer):
+                self.bn_io[producer] = [inputs[0], output]
+            hooks.append(self.gm.get_submodule(bn_name).register_forward_hook(keep_bn))
+        return hooks
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Run the network over ``x`` recording what is needed, then differentiate the loss summed
+        over the images (each image's own cross-entropy) with respect to it."""
+        masked, needs = self.masked, self.needs
+        hooks = self._hooks()
+        masked.record = True
+        try:
+            with torch.enable_grad():
+                xin = x.detach().requires_grad_(self.want_grad)
+                if needs.lm and x.shape[0] % masked.num_trajectories == 0:
+                    # the same forward as masked(xin), through an fx interpreter that also keeps every
+                    # node's value: the LM curvature reads them instead of running the network again
+                    masked.taps.clear()
+                    masked.inputs.clear()
+                    self.logits, self.primal = record_forward(self.gm, xin)
+                else:
+                    self.logits = masked(xin)
+                self.taps, self.inputs = dict(masked.taps), dict(masked.inputs)
+                if self.want_grad:
+                    self._want_targets()
+                    loss = F.cross_entropy(self.logits, y, reduction="sum")
+                    self.grads = (torch.autograd.grad(loss, self.targets, allow_unused=True) if self.targets
+                                  else [])
+        finally:
+            masked.record = False
+            for h in hooks:
+                h.remove()
+
+    def _want_targets(self) -> None:
+        """List what the loss is differentiated with respect to, in a fixed order."""
+        def want(key, tensor):
+            self.index[key] = len(self.targets)
+            self.targets.append(tensor)
+        for name in self.needs.act:
+            want(("act", name), self.taps[name])
+        for name in self.needs.act_in | self.weight_layers:
+            want(("in", name), self.inputs[name])
+        for name in self.weight_layers:
+            want(("out", name), self.layer_io[name][0])
+        for producer in self.bn_io:
+            want(("bn", producer), self.bn_io[producer][1])
+
+    def grad_of(self, key):
+        """The gradient of the loss with respect to target ``key`` (zeros where it does not reach)."""
+        if key not in self.index:
+            return None
+        g = self.grads[self.index[key]]
+        return torch.zeros_like(self.targets[self.index[key]]) if g is None else g.detach()
+
+    def signals(self, curv: dict) -> Signals:
+        """The Signals of this pass, with the LM curvature ``curv`` ({(kind, layer): h}) where asked."""
+        st, gm, out = self.st, self.gm, Signals()
+        for name in self.needs.act:
+            C = st.layers[name].out_channels
+            out.act[name] = (_flat(self.taps[name].detach(), C), _flat(self.grad_of(("act", name)), C),
+                             _flat(curv.get(("act", name)), C))
+        for name in self.needs.act_in:
+            C = st.layers[name].in_channels
+            out.act_in[name] = (_flat(self.inputs[name].detach(), C), _flat(self.grad_of(("in", name)), C),
+                                _flat(curv.get(("in", name)), C))
+        for name in self.weight_layers:
+            out.weight_io[name] = (gm.get_submodule(name), st.layers[name], self.inputs[name].detach(),
+                                   self.grad_of(("out", name)), curv.get(("out", name)))
+        for producer, (bn_in, bn_out) in self.bn_io.items():
+            out.bn[producer] = bn_grads(gm.get_submodule(st.layers[producer].bn), bn_in.detach(),
+                                         self.grad_of(("bn", producer)), curv.get(("bn", producer)))
+        return out
+
+
+def curvature_signals(masked, x, needs, weight_layers, bn_layers, primal=None, logits=None) -> dict:
     gm = masked.graph_module
     by_target = {n.target: n.name for n in gm.graph.nodes if n.op == "call_module"}
-    mask_node = {m.tap: by_target[t] for t, m in gm.named_children() if isinstance(m, _Mask) and m.tap}
-    input_node = {m.layer: by_target[t] for t, m in gm.named_children() if isinstance(m, _Input)}
+    mask_node = {m.tap: by_target[t] for t, m in gm.named_children() if isinstance(m, MaskPoint) and m.tap}
+    input_node = {m.layer: by_target[t] for t, m in gm.named_children() if isinstance(m, LayerInput)}
     wanted: dict[tuple, str] = {}
     for name in needs.act:
         wanted[("act", name)] = mask_node[name]
@@ -186,7 +218,7 @@ def _curvature(masked, x, needs, weight_layers, bn_layers, primal=None, logits=N
     return {key: h[node] for key, node in wanted.items()}
 
 
-def _weight_grads(module, L, x_in, g_out, h_out):
+def weight_grads(module, L, x_in, g_out, h_out):
     """Per-image gradients (and LM curvature) of a layer's weights, [N, C_out, C_in/groups*k]."""
     N = x_in.shape[0]
     if L.kind == "linear":
@@ -199,7 +231,7 @@ def _weight_grads(module, L, x_in, g_out, h_out):
             hb = h_out if module.bias is not None else None
         return g, gb, h, hb
     G = L.groups
-    u = _unfold(module, x_in)                                  # [N, C_in*k, S]
+    u = unfold(module, x_in)                                  # [N, C_in*k, S]
     S = u.shape[-1]
     u = u.view(N * G, -1, S)
     go = g_out.reshape(N * G, -1, S)
@@ -208,13 +240,13 @@ def _weight_grads(module, L, x_in, g_out, h_out):
     h = hb = None
     if h_out is not None:
         ho = h_out.reshape(N * G, -1, S)
-        u2 = _unfold(module, x_in * x_in).view(N * G, -1, S)   # (unfold x)^2, squared before the 9x copy
+        u2 = unfold(module, x_in * x_in).view(N * G, -1, S)   # (unfold x)^2, squared before the 9x copy
         h = torch.bmm(ho, u2.transpose(1, 2)).reshape(N, L.out_channels, -1)
         hb = ho.sum(-1).reshape(N, -1) if module.bias is not None else None
     return g, gb, h, hb
 
 
-def _unfold(module, x: torch.Tensor) -> torch.Tensor:
+def unfold(module, x: torch.Tensor) -> torch.Tensor:
     """``F.unfold`` of a 2-d convolution's input, [N, C*kh*kw, S], as one strided copy of the
     padded input (F.unfold's im2col is an order of magnitude slower on CPU). The input is padded as
     the convolution pads it: ``padding_mode`` ('reflect', 'replicate', 'circular' as well as zeros)
@@ -233,7 +265,7 @@ def _unfold(module, x: torch.Tensor) -> torch.Tensor:
     return u.reshape(N, C * kh * kw, oh * ow)
 
 
-def _bn_grads(bn, bn_in, g_out, h_out):
+def bn_grads(bn, bn_in, g_out, h_out):
     """Per-image dL/dgamma, dL/dbeta (and LM curvature) of an eval-mode BatchNorm, [N, C]."""
     shape = [1, -1] + [1] * (bn_in.dim() - 2)
     xhat = (bn_in - bn.running_mean.view(shape)) * torch.rsqrt(bn.running_var.view(shape) + bn.eps)

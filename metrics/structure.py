@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from prunetax.metrics import _fx_rules as R
+from prunetax.metrics._fx_rules import FIXED, is_activation, is_batchnorm
 from prunetax.metrics._trace import Walk, trace
 from prunetax.metrics._types import Layer, Structure, StructureError, Unit
 
@@ -31,7 +31,7 @@ def analyze(model: nn.Module, example_input: torch.Tensor) -> Structure:
     unit_of_root: dict[int, int] = {}
     for L in walk.layers:
         for r in uf.roots(L["out_ids"]).tolist():
-            if r != R.FIXED and r not in unit_of_root:
+            if r != FIXED and r not in unit_of_root:
                 unit_of_root[r] = len(unit_of_root)
 
     def units(ids: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,7 @@ def _mask_point(node: fx.Node, modules):
     chain = []
     bn = None
     cur = node
-    steps = [R.is_batchnorm, R.is_activation]
+    steps = [is_batchnorm, is_activation]
     for step in steps:
         users = list(cur.users)
         if len(users) != 1:
@@ -88,6 +88,6 @@ def _mask_point(node: fx.Node, modules):
             continue
         chain.append(cur)
         cur = u
-        if step is R.is_batchnorm:
+        if step is is_batchnorm:
             bn = u.target
     return cur.name, bn, chain + [cur]

@@ -161,9 +161,9 @@ def test_lm_twin_without_its_forward_equals_autograd_through_the_squared_layers(
         x, y = torch.randn(6, 2, 8, 8, dtype=dtype), torch.randint(0, 5, (6,))
         fast = _lm_values(model, x, y)
         with monkeypatch.context() as mp:
-            mp.setattr(curvature, "_twin_conv",
+            mp.setattr(curvature, "twin_conv",
                        lambda t, w2, shape, s, p, d, g: F.conv2d(t, w2, None, s, p, d, g))
-            mp.setattr(curvature, "_twin_linear", lambda t, w2: F.linear(t, w2))
+            mp.setattr(curvature, "twin_linear", lambda t, w2: F.linear(t, w2))
             reference = _lm_values(model, x, y)
         assert fast.keys() == reference.keys() and len(fast) == 3 * 4
         for k in fast:

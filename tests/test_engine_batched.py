@@ -5,6 +5,8 @@ trajectory k, what ``prunetax.metrics.saliencies`` gives for that trajectory's k
 (float64, to 1e-10), on every domino spec plus batch-aggregated, BatchNorm and expression metrics.
 The per-image chunk size of the weight gradients, the split of a batch into passes and the
 strided unfold must not change any value either; weight values alone need no image pass.
+The engine is a closed box: evaluators sharing a model keep their own masks, the values report
+the images read, and the split into passes can be asked for any number of rows.
 """
 from __future__ import annotations
 
@@ -147,14 +149,71 @@ def test_weight_values_alone_need_no_image_pass():
             assert_same(alone[m][p], with_images[m][p], f"{m} {p}")
 
 
+def test_evaluators_sharing_a_model_keep_their_own_masks():
+    """Making an evaluator leaves the shared model's mask as it was; each update that runs an
+    image pass sets the evaluator's own masks first, so two evaluators fed in turn on one model
+    give, bit for bit, what each gives on a model of its own."""
+    model, st, x, y, _ = make("resnet", B=4)
+    metrics = [parse_metric(m) for m in ("activation-taylor-abs_sum-elements", "weight-gradient-l1-none-domino_io",
+                                         "bn_weight-taylor-l1-none", "activation-hessian_lm-sum-none")]
+    ka, kb = keeps(st, 3, seed=5), keeps(st, 3, seed=6)[1:]              # K = 3 and K = 2, other masks
+    masked = MaskedModel(model, st)
+    masked.set_keep(kb)
+    a = MetricEvaluator(masked, st, metrics, ka)
+    assert masked.num_trajectories == 2                                   # untouched by making one
+    b = MetricEvaluator(masked, st, metrics, kb)
+    for lo, hi in ((0, 2), (2, 4)):
+        a.update(x[lo:hi], y[lo:hi])
+        b.update(x[lo:hi], y[lo:hi])
+    assert masked.num_trajectories == 2                                   # b's masks, set by b's update
+    for ev, keep in ((a.compute(), ka), (b.compute(), kb)):
+        own = MetricEvaluator(MaskedModel(model, st), st, metrics, keep)
+        for lo, hi in ((0, 2), (2, 4)):
+            own.update(x[lo:hi], y[lo:hi])
+        alone = own.compute()
+        for m in metrics:
+            for p in st.producers:
+                assert torch.equal(ev[m][p], alone[m][p]), f"{m} {p}"
+
+
+def test_values_report_the_images_read():
+    """MetricValues.images: images per trajectory read through image passes, however the batches
+    are split into passes; 0 when weight values alone are read (with or without images given)."""
+    model, st, x, y, _ = make("grouped", B=5)
+    keep = keeps(st, 2, seed=7)
+    masked = MaskedModel(model, st)
+    reads = ["activation-value-l1-elements", "weight-taylor-abs_sum-none"]
+    assert evaluate_metrics(masked, st, reads, [(x, y)], keep).images == 5
+    assert evaluate_metrics(masked, st, reads, lambda: [(x[:2], y[:2]), (x[2:], y[2:])], keep,
+                            weight_grad_bytes=1).images == 5                # five passes of one image
+    weights = ["weight-value-l1-none", "weight-value-l2-elements-domino_io"]
+    assert evaluate_metrics(masked, st, weights, lambda: [(x, y)], keep).images == 0
+    assert evaluate_metrics(masked, st, weights, [(x, y)], keep).images == 0
+
+
+def test_images_per_pass_for_any_number_of_rows():
+    """images_per_pass(n, rows): the split of an evaluator with ``rows`` trajectories, asked of any
+    evaluator of the same metrics and budget (the shared pass asks it for the unshared rows)."""
+    model, st, _, _, _ = make("grouped")
+    masked = MaskedModel(model, st)
+    metrics, budget = ["weight-taylor-abs_sum-none"], 2**16
+    ev = MetricEvaluator(masked, st, metrics, keeps(st, 2), weight_grad_bytes=budget)
+    split = [ev.images_per_pass(64, rows) for rows in (1, 2, 3, 5)]
+    assert split == [MetricEvaluator(masked, st, metrics, keeps(st, rows), weight_grad_bytes=budget)
+                     .images_per_pass(64) for rows in (1, 2, 3, 5)]
+    assert split == sorted(split, reverse=True) and split[0] > split[-1]  # more rows, fewer images a pass
+    assert ev.images_per_pass(64) == ev.images_per_pass(64, 2)
+    assert MetricEvaluator(masked, st, metrics, keeps(st, 2)).images_per_pass(64, 5) == 64   # no budget
+
+
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=(3, 2), stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
                                 dict(kernel_size=5, padding=2, groups=4), dict(kernel_size=1, stride=2),
                                 dict(kernel_size=3, padding=0, dilation=2, groups=2)])
 def test_strided_unfold_equals_F_unfold(kw):
-    from prunetax.metrics.signals import _unfold
+    from prunetax.metrics.signals import unfold
 
     conv = torch.nn.Conv2d(8, 8, **kw)
     x = torch.randn(3, 8, 11, 10)
     ref = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-    assert torch.equal(_unfold(conv, x), ref)
+    assert torch.equal(unfold(conv, x), ref)

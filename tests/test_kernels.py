@@ -1,5 +1,6 @@
-"""Every registered component against a value computed by hand (docs/metrics.md), and a new
-component added the documented way: one ``register_component`` entry plus one registered function.
+"""Every registered component against a value computed by hand (docs/metrics.md), and new
+components added the documented way: one ``register_component`` entry plus one registered function
+(a pointwise function, a scaling and a base input).
 
 Pointwise functions and reductions (and their fast-path statistics recipes) run on tiny tensors;
 aggregations on tiny tensors and on a one-layer network; structures and scalings on a three-layer
@@ -15,9 +16,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunetax.metrics import (analyze, register_aggregation, register_pointwise, register_reduction,
-                              register_scaling, register_structure, saliencies, unregister_kernel)
-from prunetax.metrics.kernels import SharedStats, fast_path, kernel, pointwise_stats, registered, registered_ids
+from prunetax.metrics import (MaskedModel, analyze, evaluate_metrics, register_aggregation, register_base_input,
+                              register_pointwise, register_reduction, register_scaling, register_structure,
+                              saliencies, unregister_kernel)
+from prunetax.metrics.kernels import (SharedStats, bn_elements, fast_path, kernel, pointwise_stats, registered,
+                                      registered_ids)
 from prunetax.taxonomy import ids, parse_metric, register_component
 from prunetax.taxonomy.errors import SpecError
 from prunetax.taxonomy.vocab import unregister_component
@@ -372,7 +375,8 @@ def _masked_signals(model, mask, x, y):
 
 
 def test_registrations_do_not_leak():
-    for axis, name in [("pointwise", "cube"), ("pointwise", "sq_grad"), ("scaling", "layer_mean")]:
+    for axis, name in [("pointwise", "cube"), ("pointwise", "sq_grad"), ("scaling", "layer_mean"),
+                       ("base_input", "bn_abs_weight")]:
         assert name not in ids(axis) and name not in registered_ids(axis)
     with pytest.raises(SpecError):
         parse_metric("activation-cube-sum-none")
@@ -391,3 +395,95 @@ def test_registration_rules():
         register_aggregation("batch", reduce_first=False)
     with pytest.raises(SpecError):                   # the paper's components stay
         unregister_component("scaling", "none")
+    with pytest.raises(SpecError):                   # a base input says what it reads and counts
+        register_base_input("weight", signals=None, counts=None)
+    with pytest.raises(SpecError):
+        register_base_input("activation", signals=lambda *a: {}, counts=lambda *a: None)
+
+
+# -- base inputs -----------------------------------------------------------------------------------
+def test_every_base_input_has_a_kernel():
+    """The built-in base inputs are checked element by element against tests/reference_saliency.py
+    (tests/test_saliency_reference.py); here: each one has its registered kernel."""
+    assert set(ids("base_input")) == set(registered_ids("base_input")) == {"weight", "activation", "bn_weight",
+                                                                           "bn_bias"}
+    for name in registered_ids("base_input"):
+        k = registered("base_input", name)
+        assert callable(k.fn) and callable(k.signals) and callable(k.counts)
+    assert registered("base_input", "weight").layer_stats is not None     # it streams its per-image gradients
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.conv2, self.bn2 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.flatten(torch.relu(self.bn2(self.conv2(x))), 1))
+
+
+@pytest.fixture
+def abs_gamma():
+    """A new base input, |γ| of the producer's own BatchNorm: one register_component entry plus
+    one registered function (with what it reads and counts). Removed afterwards."""
+    try:
+        register_component("base_input", "bn_abs_weight", "the absolute BatchNorm scale |gamma_i|",
+                           "x = |gamma|", r"x = |\gamma|")
+
+        def signals(structure, spec, reads, consumers):    # its value reads no image pass
+            return {"bn": structure.producers} if reads else {}
+
+        def counts(sites, layer, consumer):                 # one element per channel
+            return torch.ones(sites.K, sites.st.layers[layer].out_channels, dtype=D64, device=sites.active.device)
+
+        @register_base_input("bn_abs_weight", signals=signals, counts=counts)
+        def _abs_gamma(sites, sig, B, layer, consumer):
+            x, g, h = bn_elements(sites, sig, B, layer, "weight")     # γ, dL/dγ, h_γ
+            return x.abs(), None if g is None else g * x.sign(), h     # d|γ| = sign(γ) dγ; sign² = 1
+        yield
+    finally:
+        unregister_kernel("base_input", "bn_abs_weight")
+        unregister_component("base_input", "bn_abs_weight")
+
+
+def test_new_base_input_computed_by_evaluate_metrics(abs_gamma):
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(2)
+    model = ConvBN().double()
+    for bn in (model.bn1, model.bn2):                  # scales of both signs, non-trivial statistics
+        with torch.no_grad():
+            bn.weight.copy_(torch.randn(bn.num_features, generator=gen, dtype=D64))
+            bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen, dtype=D64) * 0.1)
+            bn.running_var.copy_(torch.rand(bn.num_features, generator=gen, dtype=D64) + 0.5)
+    model.eval()
+    x = torch.randn(3, 2, 4, 4, generator=gen, dtype=D64)
+    y = torch.tensor([0, 3, 1])
+    st = analyze(model, x[:1])
+    assert st.producers == ["conv1", "conv2"]
+    masked = MaskedModel(model, st)
+
+    def never():
+        raise AssertionError("|γ| alone needs no image pass")
+    value = evaluate_metrics(masked, st, ["bn_abs_weight-value-l1-none"], never)
+    assert value.images == 0
+    metrics = ["bn_abs_weight-gradient-sum-none", "bn_abs_weight-taylor-abs_sum-elements",
+               "bn_abs_weight-gradient-l2-none@batch"]
+    res = evaluate_metrics(masked, st, metrics, [(x, y)])
+    assert res.images == 3
+
+    # by hand: each image's own loss, differentiated with respect to γ itself
+    n = len(y)
+    for p, bn in (("conv1", model.bn1), ("conv2", model.bn2)):
+        gamma = bn.weight.detach()
+        g = torch.stack([torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), bn.weight)[0]
+                         for i in range(n)])                          # [N, C]
+        g_abs = g * gamma.sign()                                      # dL/d|γ|
+        expect = {"bn_abs_weight-value-l1-none": (value, gamma.abs()),
+                  "bn_abs_weight-gradient-sum-none": (res, g_abs.sum(0) / n),
+                  "bn_abs_weight-taylor-abs_sum-elements": (res, (gamma.abs() * g_abs).abs().sum(0) / n),
+                  "bn_abs_weight-gradient-l2-none@batch": (res, (g_abs.sum(0) / n) ** 2)}
+        for m, (values, want) in expect.items():
+            torch.testing.assert_close(values[parse_metric(m)][p][0], want, rtol=1e-10, atol=1e-300, msg=f"{m} {p}")

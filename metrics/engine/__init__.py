@@ -6,8 +6,10 @@ docs/metrics.md defines every quantity; ``prunetax.metrics.kernels`` holds every
 registered function. This module's one job is driving an evaluation (masks, images, passes);
 the work is split by stage:
 
-- ``plan``: which specs, signals and sites the metrics need, and which sites share the fast path;
-- ``sites``: the elements ``(x, g, h)`` of every producer channel and consumer slice, and their counts;
+- ``plan``: which specs, signals and sites the metrics need (each base input's registered
+  ``signals``), and which sites share the fast path;
+- ``sites``: the keep masks and what the base inputs' registered kernels read to form the
+  elements ``(x, g, h)`` of every producer channel and consumer slice, and their counts;
 - ``stream``: ``Accumulator``, the running statistics over chunks of images;
 - ``finalize``: Domino sums, scaling, expressions and unit saliencies (``MetricValues``).
 
@@ -51,13 +53,19 @@ class MetricEvaluator:
     """Many metrics on K keep masks, accumulated over images (torchmetrics-like: ``update`` with
     each batch, then ``compute``).
 
-    ``masked``: a ``MaskedModel`` of the network (its keep mask is set to ``keep`` here);
+    ``masked``: a ``MaskedModel`` of the network, which evaluators may share: each ``update``
+    that runs an image pass first sets its keep mask to this evaluator's ``keep`` (and leaves it
+    so); making an evaluator changes nothing on it;
     ``structure``: the units to score (e.g. ``structure.restricted(("conv",))``); ``metrics``:
     ids, MetricSpec or MetricExpr objects; ``keep``: bool [U] or [K, U] (None: every unit kept,
     K = 1). ``weight_grad_bytes``: when per-image weight gradients are read, split each batch
     into passes of at most this many bytes of them (None: each batch in one pass).
     ``chunk_bytes``: bytes per temporary tensor when statistics are formed a chunk of images at
     a time (None: by device). The model must be in eval mode (docs/metrics.md).
+
+    ``images``: images per trajectory read through image passes so far (0 while none ran, and
+    always 0 for metrics that read weight values alone); ``compute`` reports it in
+    ``MetricValues.images``.
     """
 
     def __init__(self, masked, structure, metrics, keep=None, *, weight_grad_bytes: int | None = None,
@@ -84,23 +92,26 @@ class MetricEvaluator:
         self.weight_grad_bytes = weight_grad_bytes
         # weights of the largest layer: what one image's per-image weight gradients are sized by
         self._largest = max(L.out_channels * L.in_channels * L.kernel // L.groups for L in structure.layers.values())
-        masked.set_keep(self.keep)
+        self.images = 0
 
     @property
     def needs_images(self) -> bool:
         """False when the metrics read weight values alone: ``update()`` needs no images then."""
         return needs_images(self.needs)
 
-    def images_per_pass(self, n: int) -> int:
-        """Images (per trajectory) of one forward/backward pass out of a batch of ``n``."""
+    def images_per_pass(self, n: int, rows: int | None = None) -> int:
+        """Images (per trajectory) of one forward/backward pass out of a batch of ``n`` when ``rows``
+        trajectories share the pass (None: this evaluator's K)."""
         if not (self.needs.weight and self.weight_grad_bytes):
             return n
-        return max(1, min(n, self.weight_grad_bytes // (self.K * self._largest * _BYTES_PER_WEIGHT_GRAD)))
+        K = self.K if rows is None else rows
+        return max(1, min(n, self.weight_grad_bytes // (K * self._largest * _BYTES_PER_WEIGHT_GRAD)))
 
     def update(self, images: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
         """Add a batch: ``images`` [N, ...] and ``labels`` [N], the same for every trajectory (each
-        trajectory sees them under its own keep mask). Without images (only when ``needs_images``
-        is False) the weights' statistics are added once, as for one image."""
+        trajectory sees them under its own keep mask, set on the shared model here). Without
+        images (only when ``needs_images`` is False) the weights' statistics are added once, as
+        for one image."""
         if images is None:
             if self.needs_images:
                 raise PrunetaxError("these metrics read signals of an image pass: give images and labels")
@@ -113,6 +124,7 @@ class MetricEvaluator:
         if not self.needs_images:                  # weight values alone: no pass over the images
             self.acc.add(Signals(), N)
             return
+        self.masked.set_keep(self.keep)            # this evaluator's masks, whoever used the model last
         step = self.images_per_pass(N)
         for i in range(0, N, step):
             xb, yb = (images, labels) if step >= N else (images[i:i + step], labels[i:i + step])
@@ -120,26 +132,29 @@ class MetricEvaluator:
             if self.K > 1:                         # every trajectory sees the same images
                 xb, yb = xb.repeat(self.K, *([1] * (xb.dim() - 1))), yb.repeat(self.K)
             self.acc.add(collect(self.masked, xb, yb, self.needs), B)
+            self.images += B
 
     def compute(self) -> MetricValues:
         """Every metric's channel saliencies from the images added so far."""
         if self.acc.n == 0:
             raise PrunetaxError("no saliency images: the batches were empty")
-        return finalize(self.acc, self.sites, self.metrics, self.specs)
+        return finalize(self.acc, self.sites, self.metrics, self.specs, images=self.images)
 
 
 def evaluate_metrics(masked, structure, metrics, batches: Iterable | Callable[[], Iterable], keep=None, *,
                      weight_grad_bytes: int | None = None, chunk_bytes: int | None = None) -> MetricValues:
     """Evaluate ``metrics`` on ``masked`` (a MaskedModel) for the keep masks ``keep`` ([U] or [K, U],
     None: all kept) over ``batches``, and return their values (``MetricValues``: per-metric,
-    per-producer S(l, c) float64 [K, C], unit saliencies per row, nonfinite counts).
+    per-producer S(l, c) float64 [K, C], unit saliencies per row, nonfinite counts, and
+    ``images``, the images per trajectory read through image passes).
 
     ``batches``: an iterable of ``(images, labels)``, or a callable returning one; a callable is
     called only when the metrics read an image pass (weight values alone do not: their
-    statistics are then formed once from the weights). Every trajectory sees every image, under
-    its own keep mask. ``weight_grad_bytes`` bounds the per-image weight gradients of one pass
-    (the batch is split into passes); ``chunk_bytes`` sizes the temporaries (see
-    ``MetricEvaluator``).
+    statistics are then formed once from the weights, and ``images`` is 0). Every trajectory
+    sees every image, under its own keep mask (set on ``masked`` before the image pass; an
+    evaluation without one leaves ``masked`` as it was). ``weight_grad_bytes`` bounds the
+    per-image weight gradients of one pass (the batch is split into passes); ``chunk_bytes``
+    sizes the temporaries (see ``MetricEvaluator``).
     """
     ev = MetricEvaluator(masked, structure, metrics, keep, weight_grad_bytes=weight_grad_bytes,
                          chunk_bytes=chunk_bytes)

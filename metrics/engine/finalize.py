@@ -129,11 +129,12 @@ def channel_saliencies(acc, lay: Layout, specs: list[MetricSpec]) -> torch.Tenso
     return torch.where(lay.kept & ~torch.isnan(v), v, torch.full_like(v, float("inf")))
 
 
-def finalize(acc, sites, metrics: list, specs: list[MetricSpec]) -> "MetricValues":
-    """Every metric's S(l, c) as a MetricValues (NaN and removed channels +inf)."""
+def finalize(acc, sites, metrics: list, specs: list[MetricSpec], *, images: int = 0) -> "MetricValues":
+    """Every metric's S(l, c) as a MetricValues (NaN and removed channels +inf); ``images``: the
+    images per trajectory read through image passes."""
     lay = Layout(sites)
     v = channel_saliencies(acc, lay, specs)
-    return MetricValues(sites.st, lay, metrics, v, {s: i for i, s in enumerate(specs)})
+    return MetricValues(sites.st, lay, metrics, v, {s: i for i, s in enumerate(specs)}, images=images)
 
 
 def unit_saliency(structure, channel_values: dict[str, torch.Tensor], K: int) -> torch.Tensor:
@@ -154,13 +155,19 @@ class MetricValues:
       per-producer views are made on first access);
     - ``unit_saliency(metric)``: [K, U], every row under that metric;
     - ``row_unit_saliency(row_metrics)``: [K, U], row k under its own metric ``row_metrics[k]``;
-    - ``nonfinite_counts()``: metric -> long [K], kept channels whose saliency was NaN/Inf.
+    - ``nonfinite_counts()``: metric -> long [K], kept channels whose saliency was NaN/Inf;
+    - ``K``: the trajectories (keep masks); ``metrics``: the metrics, once each, in order;
+    - ``images``: the work of the evaluation, images per trajectory read through image passes
+      (each through the network once per trajectory, under its keep mask); 0 when the metrics
+      read weight values alone and no image pass ran.
     """
 
-    def __init__(self, structure, layout: Layout, metrics: list, spec_values: torch.Tensor, spec_pos: dict):
+    def __init__(self, structure, layout: Layout, metrics: list, spec_values: torch.Tensor, spec_pos: dict, *,
+                 images: int = 0):
         self.structure, self.layout = structure, layout
         self.metrics = list(dict.fromkeys(metrics))
         self.K = layout.K
+        self.images = images
         self._v, self._pos = spec_values, spec_pos                   # [specs, K, C], spec -> row
         lay = layout
         off = lay.offsets

@@ -8,10 +8,9 @@ path (``prunetax.metrics.kernels.fast_path``: decided from the registry, never b
 """
 from __future__ import annotations
 
-from prunetax.metrics.engine.sites import BN_INPUTS
 from prunetax.metrics.kernels import fast_path, registered
-from prunetax.metrics.signals import Needs
-from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.metrics.signals import LAYER_SIGNALS, Needs
+from prunetax.taxonomy.errors import PrunetaxError, SpecError
 from prunetax.taxonomy.expr import MetricExpr, parse_metric
 from prunetax.taxonomy.spec import MetricSpec
 
@@ -42,10 +41,10 @@ def stat_key(spec: MetricSpec) -> tuple:
 
 
 def plan(structure, specs: list[MetricSpec]) -> Needs:
-    """Which signals the specs need on this network (raises for a component without a kernel)."""
+    """Which signals the specs need on this network (raises for a component without a kernel, or
+    for a base input the network lacks). Each spec's base input says what it reads
+    (``prunetax.metrics.kernels``, base input registry: ``signals``)."""
     needs = Needs()
-    producers = structure.producers
-    conv_consumers = structure.conv_consumers
     for s in specs:
         pw = registered("pointwise", s.pointwise)
         for axis in ("reduction", "aggregation", "scaling"):
@@ -53,23 +52,12 @@ def plan(structure, specs: list[MetricSpec]) -> Needs:
         reads_consumers = registered("structure", s.structure).consumers
         needs.grad |= "g" in pw.needs
         needs.lm |= "h" in pw.needs
-        if s.base_input == "activation":
-            needs.act.update(producers)
-            if reads_consumers:
-                needs.act_in.update(conv_consumers)
-        elif s.base_input == "weight":
-            if pw.needs:
-                needs.weight.update(producers)
-                if reads_consumers:
-                    needs.weight.update(conv_consumers)
-        elif s.base_input in BN_INPUTS:
-            missing = [p for p in producers if structure.layers[p].bn is None]
-            if missing:
-                raise PrunetaxError(f"metric {s} reads BatchNorm parameters but producer '{missing[0]}' has no "
-                                    "BatchNorm of its own; use a weight or activation metric on this network")
-            needs.bn.update(producers)
-        else:
-            raise PrunetaxError(f"no engine support for base input {s.base_input!r}")
+        wanted = registered("base_input", s.base_input).signals(structure, s, pw.needs, reads_consumers)
+        for signal, layers in wanted.items():
+            if signal not in LAYER_SIGNALS:
+                raise SpecError(f"base input {s.base_input!r} asks for signal {signal!r}; "
+                                f"choose from {', '.join(LAYER_SIGNALS)}")
+            getattr(needs, signal).update(layers)
     return needs
 
 

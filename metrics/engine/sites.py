@@ -1,18 +1,19 @@
 """Sites: the elements of every producer channel and consumer slice, their counts, masked weights.
 
-One job: turn the signals of one pass (``prunetax.metrics.signals.Signals``) and the model's
-parameters into the element tensors ``(x, g, h)`` that the pointwise kernels read, for the K keep
-masks at once, and count the elements (docs/metrics.md, "Elements of a producer channel" and
-"Elements of a consumer slice"). A *site* is a layer read as a producer (its output channels)
-or as a consumer (its input slices) under one base input.
+One job: hold the K keep masks of an evaluation and what the base inputs' kernels
+(``prunetax.metrics.kernels``, base input registry) read to turn the signals of one pass
+(``prunetax.metrics.signals.Signals``) and the model's parameters into the element tensors
+``(x, g, h)`` that the pointwise kernels read, for the K keep masks at once, and to count the
+elements (docs/metrics.md, "Elements of a producer channel" and "Elements of a consumer slice"):
+the masks per unit, the masked weights and per-image weight gradients laid out as producer
+rows or consumer slices. A *site* is a layer read as a producer (its output channels) or as a
+consumer (its input slices) under one base input.
 """
 from __future__ import annotations
 
 import torch
 
-from prunetax.taxonomy.errors import PrunetaxError
-
-BN_INPUTS = ("bn_weight", "bn_bias")
+from prunetax.metrics.kernels import registered
 
 
 def to_input_major(t: torch.Tensor, G: int) -> torch.Tensor:
@@ -34,7 +35,7 @@ class Sites:
         self.keep = keep                                                # bool [K, U]
         self.K, self.U = keep.shape
         self.active = torch.cat([keep, keep.new_ones(self.K, 1)], 1).to(torch.float64)   # [K, U+1]
-        self.spatial: dict = {}    # (layer, consumer) -> activation elements per channel, from the signals
+        self.spatial: dict = {}    # (layer, consumer) -> activation elements per channel, noted from the signals
         self._weights_removed = None
 
     # -- masks ---------------------------------------------------------------------------------
@@ -93,40 +94,11 @@ class Sites:
         t = t.reshape(self.K * B, L.out_channels, L.in_channels // L.groups, k)
         return to_input_major(t, L.groups).reshape(self.K, B, L.in_channels, -1)
 
-    # -- elements and counts -------------------------------------------------------------------
+    # -- elements and counts (the base input's registered kernel) --------------------------------
     def elements(self, sig, B: int, name: str, base: str, consumer: bool):
         """(x, g, h) of a site for a chunk of B images per trajectory, each broadcastable to [K, B, C, E]."""
-        if base == "activation":
-            x, g, h = (sig.act_in if consumer else sig.act)[name]
-            self.spatial[(name, consumer)] = x.shape[-1]
-            r = lambda t: None if t is None else t.reshape(self.K, B, *t.shape[1:])  # noqa: E731
-            return r(x), r(g), r(h)
-        if base == "weight":
-            return (self.weight_x(name, consumer),
-                    self.weight_g(sig, B, name, 0, consumer) if name in sig.weight_grad else None,
-                    self.weight_g(sig, B, name, 1, consumer) if name in sig.weight_grad else None)
-        if base not in BN_INPUTS:
-            raise PrunetaxError(f"no engine support for base input {base!r}")
-        bn = self.model.get_submodule(self.st.layers[name].bn)
-        gg, gb, hg, hb = sig.bn[name]
-        p, g, h = (bn.weight, gg, hg) if base == "bn_weight" else (bn.bias, gb, hb)
-        if p is None:
-            raise PrunetaxError(f"BatchNorm '{self.st.layers[name].bn}' has no affine {base[3:]}")
-        r = lambda t: None if t is None else t.reshape(self.K, B, -1, 1)  # noqa: E731
-        return p.detach().reshape(1, 1, -1, 1), r(g), r(h)
+        return registered("base_input", base).fn(self, sig, B, name, consumer)
 
     def counts(self, name: str, base: str, consumer: bool) -> torch.Tensor:
         """Elements per channel (producer) or per input slice (consumer), [K, C] float64 (bias not counted)."""
-        L = self.st.layers[name]
-        dev = self.active.device
-        if base in BN_INPUTS:
-            return torch.ones(self.K, L.out_channels, dtype=torch.float64, device=dev)
-        if base == "activation":
-            C = L.in_channels if consumer else L.out_channels
-            return torch.full((self.K, C), float(self.spatial[(name, consumer)]), dtype=torch.float64, device=dev)
-        G = L.groups
-        if consumer:
-            per_group = self.act_of(L.out_units).view(self.K, G, -1).sum(-1)
-            return per_group.repeat_interleave(L.in_channels // G, 1) * L.kernel
-        per_group = self.act_of(L.in_units).view(self.K, G, -1).sum(-1)
-        return per_group.repeat_interleave(L.out_channels // G, 1) * L.kernel
+        return registered("base_input", base).counts(self, name, consumer)

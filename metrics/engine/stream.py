@@ -5,8 +5,9 @@ each site's contribution to its running total, as its aggregation defines it (a 
 aggregation sums the per-image reductions in float64, the others sum f itself); ``aggregated``
 turns the totals into the aggregated, reduced saliency ``s`` of many sites at once. Sites whose
 components all have statistics recipes (``prunetax.metrics.kernels.fast_path``) share one pass
-over their elements (``pointwise_stats``); the others run their pointwise and reduction kernels.
-Per-image weight gradients are formed here, a bounded chunk of images at a time.
+over their elements (``pointwise_stats``), formed a bounded chunk of images at a time, by the
+base input's own ``layer_stats`` where it has one (``weight``: from its per-image gradients);
+the others run their pointwise and reduction kernels.
 """
 from __future__ import annotations
 
@@ -84,10 +85,11 @@ class Accumulator:
                     self._accumulate(site + (red,), image_sum(r, B))
         del elements
         for (name, base), roles in self._fast.items():
-            if base == "weight":
-                stats = self._weight_stats(sig, B, name, roles)
+            layer_stats = registered("base_input", base).layer_stats
+            if layer_stats is not None:                   # the base input forms them itself
+                stats = layer_stats(self, sig, B, name, roles)
             else:
-                stats = self._element_stats(sig, B, name, base, roles)
+                stats = self.element_stats(sig, B, name, base, roles)
             for consumer, want in roles.items():
                 self._add_stats(name, base, consumer, want, stats[consumer], B)
         self.n += images_per_trajectory
@@ -116,7 +118,7 @@ class Accumulator:
                 self._accumulate((name, base, pw, agg, consumer, red), totals[i])
 
     @staticmethod
-    def _stat_sets(roles: dict) -> dict:
+    def stat_sets(roles: dict) -> dict:
         """{pointwise: statistics} that the reductions of ``roles`` ({consumer: {(pw, agg): reductions}}) need."""
         want: dict = {}
         for per_pw in roles.values():
@@ -124,13 +126,14 @@ class Accumulator:
                 want.setdefault(pw, set()).update(_stat(r) for r in reductions)
         return want
 
-    def _element_stats(self, sig, B: int, name: str, base: str, roles: dict) -> dict:
-        """consumer -> {(pointwise, statistic): [K, B or 1, C]} for activation and BatchNorm sites."""
+    def element_stats(self, sig, B: int, name: str, base: str, roles: dict) -> dict:
+        """consumer -> {(pointwise, statistic): [K, B or 1, C]} of a layer's fast sites, from the
+        elements ``(x, g, h)`` of its base input (``Sites.elements``), a chunk of images at a time."""
         K = self.K
         out = {}
         for consumer, per_pw in roles.items():
             x, g, h = self.sites.elements(sig, B, name, base, consumer)
-            want = self._stat_sets({consumer: per_pw})
+            want = self.stat_sets({consumer: per_pw})
             res: dict = {}
 
             def put(st, b0=None, b1=None):
@@ -158,80 +161,6 @@ class Accumulator:
                     put(pointwise_stats(*part, varying, lambda t: (t.sum(-1),)), *((None, None) if chunk >= B
                                                                                     else (b0, b1)))
             out[consumer] = res
-        return out
-
-    def _weight_stats(self, sig, B: int, name: str, roles: dict) -> dict:
-        """Weight statistics of a layer's rows (producer) and input slices (consumer) from one pass
-        over its per-image gradients, formed ``chunk`` images at a time; the bias is one more
-        element of each producer row. consumer -> {(pointwise, statistic): [K, B or 1, C]}."""
-        K = self.K
-        L = self.sites.st.layers[name]
-        m = self.sites.model.get_submodule(name)
-        G, O, I = L.groups, L.out_channels, L.in_channels
-        Ig = I // G
-        Wm = self.sites.masked_weight(name)                            # [K, O, I/G, k]
-        kk = Wm.shape[-1]
-        bias = m.bias.detach() if m.bias is not None else None
-        want = self._stat_sets(roles)
-        need_g = any("g" in _needs(pw) for pw in want)
-        need_h = any("h" in _needs(pw) for pw in want)
-        prod, cons = False in roles, True in roles
-        want_b = self._stat_sets({False: roles[False]}) if prod and bias is not None else {}
-
-        def reduce(t):                                                  # [..., O, I/G, k]
-            lead = t.shape[:-3]
-            out = ()
-            if prod:   # one contiguous reduction over the row (a small inner dim k reduces slowly)
-                out += (t.reshape(*lead, O, Ig * kk).sum(-1),)
-            if cons:   # over the group's outputs first (an outer-dim sum), then k on O/G x less data
-                out += (t.reshape(*lead, G, O // G, Ig, kk).sum(-3).sum(-1).reshape(*lead, I),)
-            return out
-
-        def one(t):
-            return (t.sum(-1),)
-
-        roles_order = [c for c in (False, True) if c in roles]
-        const = {pw: sts for pw, sts in want.items() if not (_needs(pw) & {"g", "h"})}
-        varying = {k: v for k, v in want.items() if k not in const}
-        bufs: dict = {}
-
-        def store(kidx, rows, stats, bias_stats):
-            for key, rs in stats.items():
-                for role, r in zip(roles_order, rs):
-                    if role is False and bias_stats is not None and key in bias_stats:
-                        r = r + bias_stats[key][0]
-                    if (role, key) not in bufs:
-                        bufs[(role, key)] = r.new_empty(K, B if rows is not None else 1, r.shape[-1])
-                    if rows is None:
-                        bufs[(role, key)][kidx, 0] = r
-                    else:
-                        bufs[(role, key)][kidx, rows] = r
-
-        # every trajectory at once: weights [K, 1, O, I/G, k] against per-image gradients [K, n, ...]
-        if const:
-            st = pointwise_stats(Wm, None, None, const, reduce)
-            bst = pointwise_stats(bias[:, None], None, None, {p: want_b[p] for p in const if p in want_b},
-                                  one) if want_b else None
-            store(slice(None), None, st, bst)
-        if varying:
-            chunk = self.weight_chunk(K * O * Ig * kk * Wm.element_size(), B)
-            grads = sig.weight_grad
-            vb = {p: want_b[p] for p in varying if p in want_b}
-            for b0 in range(0, B, chunk):
-                b1 = min(B, b0 + chunk)
-                n = b1 - b0
-                g, gb, h, hb = grads.block(name, K, B, b0, b1, h=need_h)
-                g = g.view(K, n, O, Ig, kk) if need_g else None
-                h = h.view(K, n, O, Ig, kk) if h is not None else None
-                st = pointwise_stats(Wm[:, None], g, h, varying, reduce)
-                bst = None
-                if vb:
-                    bst = pointwise_stats(bias[:, None], gb.view(K, n, O, 1),
-                                          None if hb is None else hb.view(K, n, O, 1), vb, one)
-                store(slice(None), slice(b0, b1), st, bst)
-        out: dict = {c: {} for c in roles_order}
-        for (role, key), buf in bufs.items():
-            out[role][key] = buf
         return out
 
     def weight_chunk(self, bytes_per_image: int, B: int) -> int:
