@@ -20,11 +20,11 @@ from typing import Sequence
 import numpy as np
 
 from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.vocab import AXES
 
-__all__ = ["AXES", "component_effects", "EFFECT_COLUMNS", "t_quantile", "average_ranks", "rank_similarity",
-           "clusters", "removal_overlap", "rate_gap", "alike", "RHO_BINS"]
+__all__ = ["AXES", "component_effects", "EFFECT_COLUMNS", "t_quantile", "mean_ci", "level_order", "average_ranks",
+           "rank_similarity", "clusters", "removal_overlap", "rate_gap", "alike", "RHO_BINS"]
 
-AXES = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 EFFECT_COLUMNS = ("axis", "level_a", "level_b", "n_pairs", "n_cells", "n_identical", "n_censored", "mean_diff",
                   "sd", "ci_low", "ci_high", "cell_ci_low", "cell_ci_high", "b_better", "confidence")
 
@@ -95,7 +95,7 @@ def t_quantile(p: float, df: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def _mean_ci(values: Sequence[float], confidence: float) -> tuple[float | None, float | None, float | None]:
+def mean_ci(values: Sequence[float], confidence: float) -> tuple[float | None, float | None, float | None]:
     """(sd, low, high) of the mean of ``values``: t interval; (None, None, None) under two values."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
@@ -108,7 +108,8 @@ def _mean_ci(values: Sequence[float], confidence: float) -> tuple[float | None, 
 # ---------------------------------------------------------------------------------------------
 # Component effects
 
-def _level_order(axis: str, values) -> list[str]:
+def level_order(axis: str, values) -> list[str]:
+    """``values`` of a component axis in the taxonomy's order (docs/taxonomy.md), unknown ones last."""
     from prunetax.taxonomy.vocab import ids
 
     order = {v: i for i, v in enumerate(ids(axis))}
@@ -162,13 +163,13 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
             contexts.setdefault(ctx, {})[comps[i]] = r
         pairs: dict[tuple, list] = {}
         for (cell, _), levels in contexts.items():
-            names = _level_order(axis, levels)
+            names = level_order(axis, levels)
             for x in range(len(names)):
                 for y in range(x + 1, len(names)):
                     ra, rb = levels[names[x]], levels[names[y]]
                     group = tuple(ra.get(b) for b in by) + (names[x], names[y])
                     pairs.setdefault(group, []).append((cell, ra, rb))
-        levels = {v: i for i, v in enumerate(_level_order(axis, {v for g in pairs for v in g[-2:]}))}
+        levels = {v: i for i, v in enumerate(level_order(axis, {v for g in pairs for v in g[-2:]}))}
         for group in sorted(pairs, key=lambda g: (tuple(str(v) for v in g[:len(by)]), levels[g[-2]], levels[g[-1]])):
             items = pairs[group]
             kept = [(c, a, b) for c, a, b in items if keep_censored or (a.get("crossed") and b.get("crossed"))]
@@ -176,8 +177,8 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
             per_cell: dict[tuple, list[float]] = {}
             for (c, ra, _), d in zip(kept, diffs):
                 per_cell.setdefault(_baseline_of(c, ra), []).append(d)
-            sd, lo, hi = _mean_ci(diffs, confidence)
-            _, clo, chi = _mean_ci([float(np.mean(v)) for v in per_cell.values()], confidence)
+            sd, lo, hi = mean_ci(diffs, confidence)
+            _, clo, chi = mean_ci([float(np.mean(v)) for v in per_cell.values()], confidence)
             out.append({**dict(zip(by, group[:len(by)])), "axis": axis, "level_a": group[-2], "level_b": group[-1],
                         "n_pairs": len(diffs), "n_cells": len(per_cell),
                         "n_identical": sum(1 for _, a, b in kept if a.get("ran_as") is not None

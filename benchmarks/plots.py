@@ -27,23 +27,28 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.vocab import AXES
+
+if TYPE_CHECKING:
+    from prunetax.benchmarks.cell import Protocol
 
 __all__ = ["plot_results", "FIGURES", "FORMATS"]
 
 FIGURES = ("accuracy", "reduction_scaling", "pointwise_input", "domino")
 FORMATS = ("png", "svg", "pdf")
 _STRUCTURES = ("channel", "domino_o", "domino_io")
-_COMPONENTS = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 _CLASSES = {"mnist": 10, "fashion-mnist": 10, "cifar10": 10, "cifar100": 100}  # chance = 100 / classes
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 _SEED_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or a one-line error naming the extra to install."""
     try:
         import matplotlib
     except ImportError:
@@ -61,17 +66,14 @@ def _short(text) -> str:
     return hashlib.sha256(str(text).encode()).hexdigest()[:6]
 
 
-def _target(baseline: float, threshold: float, mode: str) -> float:
-    return baseline * (1 - threshold / 100) if mode == "relative" else baseline - threshold
-
-
-def chance_warning(dataset: str, baselines: Sequence[float], threshold: float | None, mode: str | None) -> str | None:
-    """A sentence when a baseline's accuracy target is at or below chance level (rates mean nothing), else None."""
+def chance_warning(dataset: str, baselines: Sequence[float], protocol: Protocol | None) -> str | None:
+    """A sentence when a baseline's accuracy target (``protocol.target``) is at or below chance
+    level (rates mean nothing), else None; None too without a protocol."""
     classes = _CLASSES.get(dataset)
-    if classes is None or threshold is None or not baselines:
+    if classes is None or protocol is None or not baselines:
         return None
     chance = 100.0 / classes
-    low = [b for b in baselines if _target(b, threshold, mode or "absolute") <= chance]
+    low = [b for b in baselines if protocol.target(b) <= chance]
     if not low:
         return None
     return (f"baseline accuracy {min(low):.1f} % is within the threshold of chance ({chance:.0f} %): "
@@ -108,12 +110,12 @@ def _point(t: dict) -> float | None:
     return None
 
 
-def _partial_points(traj: list[dict], chosen: Sequence[str]) -> int:
+def partial_points(traj: list[dict], chosen: Sequence[str]) -> int:
     """How many of the chosen metrics' drawn points were tested on part of the test set."""
     return sum(1 for t in traj if t["metric_id"] in chosen and t["accuracy"] is None and t.get("test_images"))
 
 
-def _curves(traj: list[dict], base: dict[tuple, float], metric: str) -> dict[int, list[tuple[float, float]]]:
+def accuracy_curves(traj: list[dict], base: dict[tuple, float], metric: str) -> dict[int, list[tuple[float, float]]]:
     """seed -> [(rate, accuracy)] from the baseline (0, its accuracy) on, tested steps only
     (a step the sequential test decided early: its accuracy on the images it read)."""
     runs: dict[int, list] = {}
@@ -128,12 +130,14 @@ def _curves(traj: list[dict], base: dict[tuple, float], metric: str) -> dict[int
     return out
 
 
-def _accuracy_figure(plt, traj, scores, chosen, title, threshold, mode, warn):
+def _accuracy_figure(plt, traj, scores, chosen, title, protocol, warn):
+    """Accuracy against rate: one curve per chosen metric and seed from its baseline, each seed's
+    target (``protocol.target`` of its baseline; none without a protocol) as a grey line."""
     from matplotlib.lines import Line2D
 
     base = {r["seed"]: r["baseline_accuracy"] for r in scores}
     seeds = sorted({t["seed"] for t in traj} | set(base))
-    curves = {m: _curves(traj, base, m) for m in chosen}
+    curves = {m: accuracy_curves(traj, base, m) for m in chosen}
     chosen = [m for m in chosen if curves[m]]
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -146,8 +150,8 @@ def _accuracy_figure(plt, traj, scores, chosen, title, threshold, mode, warn):
             every = max(1, n // 6)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, ls=style[seed], lw=1.3, alpha=0.85,
                     marker=marker, ms=4.5, markevery=(min(i % every, n - 1), every), mfc="none" if i % 2 else color)
-    # each seed's own accuracy target: baseline - threshold
-    targets = {s: _target(base[s], threshold, mode) for s in seeds if base.get(s) is not None and threshold is not None}
+    # each seed's own accuracy target, as the protocol reads it
+    targets = {s: protocol.target(base[s]) for s in seeds if base.get(s) is not None and protocol is not None}
     for s, y in targets.items():
         ax.axhline(y, color="0.5", ls=style[s], lw=0.9)
     ax.set_xlabel("conv weights removed (%)")
@@ -161,14 +165,14 @@ def _accuracy_figure(plt, traj, scores, chosen, title, threshold, mode, warn):
     if len(seeds) > 1:
         handles += [Line2D([], [], color="k", ls=style[s], label=f"seed {s}") for s in seeds]
     if targets:
-        what = f"{threshold:g} % of baseline" if mode == "relative" else f"{threshold:g} points"
+        what = f"{protocol.threshold:g} % of baseline" if protocol.relative else f"{protocol.threshold:g} points"
         handles.append(Line2D([], [], color="0.5", lw=0.9, label=f"target: baseline - {what}"
                               + (" (per seed)" if len(targets) > 1 else "")))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     same = _identical(curves, chosen)
     notes = [f"identical curves (drawn over each other): {' = '.join(g)}" for g in same]
     notes += [f"not drawn (no evaluated step): {m}" for m in curves if not curves[m]]
-    partial = _partial_points(traj, chosen)
+    partial = partial_points(traj, chosen)
     if partial:
         notes.append(f"{partial} points on part of the test set (the sequential test stopped once the side of the "
                      "target was certain); the crossings are on the whole set")
@@ -188,8 +192,24 @@ def _identical(curves: dict, chosen: Sequence[str]) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------
 # bars
 
-def _bars(plt, title, groups, series, cells, xlabel, legend, ylabel, notes, warn, hatched=None):
-    """Grouped bars: x = ``groups``, one bar per ``series``; ``cells[(g, s)]`` = (mean, sd or None, n)."""
+@dataclass(frozen=True)
+class BarTexts:
+    """The words of a bar figure: its title, the x axis's label, the legend's title (the series),
+    the y axis's label, the notes under the axes and the warning above them (None: none)."""
+    title: str
+    xlabel: str
+    legend: str
+    ylabel: str
+    notes: Sequence[str] = ()
+    warn: str | None = None
+
+
+RATE_LABEL = "conv weights removed at the threshold (%)"   # the y axis of every bar figure
+
+
+def _bars(plt, texts: BarTexts, groups, series, cells, hatched=None):
+    """Grouped bars: x = ``groups``, one bar per ``series``; ``cells[(g, s)]`` = (mean, sd or None, n);
+    ``hatched``: the (group, series) bars drawn hatched."""
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(min(12.0, max(6.5, (0.35 + 0.3 * len(series)) * len(groups) + 2.5)), 4.8))
@@ -213,14 +233,15 @@ def _bars(plt, title, groups, series, cells, xlabel, legend, ylabel, notes, warn
     ax.set_xticks(x, groups, rotation=20 if max(len(str(g)) for g in groups) > 8 else 0, ha="right"
                   if max(len(str(g)) for g in groups) > 8 else "center", fontsize=8)
     ax.set_xlim(-0.5, len(groups) - 0.5)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(texts.xlabel)
+    ax.set_ylabel(texts.ylabel)
     ax.set_ylim(0, top * 1.12)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(texts.title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, title=legend, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
-    _note(fig, notes, warn)
-    _layout(fig, len(notes), bool(warn))
+    ax.legend(fontsize=8, title=texts.legend, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1),
+              frameon=False)
+    _note(fig, texts.notes, texts.warn)
+    _layout(fig, len(texts.notes), bool(texts.warn))
     return fig
 
 
@@ -228,26 +249,28 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _component_cells(board: list[dict], a: str, b: str):
+def component_cells(board: list[dict], a: str, b: str):
     """Bars of mean rate by (component a, component b) over the group's channel-structure specs,
     balanced when possible. Returns (groups, series, cells, notes) or None."""
     import numpy as np
 
-    others = [c for c in _COMPONENTS if c not in (a, b, "structure")]
+    from prunetax.benchmarks.analysis import level_order
+
+    others = [c for c in AXES if c not in (a, b, "structure")]
     specs = {}
     left_out = 0
     for r in board:
         if r["kind"] not in ("spec", "named") or r["structure"] != "channel" or r["mean"] is None:
             continue
-        if any(r[c] is None for c in _COMPONENTS):
+        if any(r[c] is None for c in AXES):
             continue
         if r["censored"]:
             left_out += 1
             continue
-        specs.setdefault(tuple(r[c] for c in _COMPONENTS), r["mean"])  # a named metric = its spec: once
+        specs.setdefault(tuple(r[c] for c in AXES), r["mean"])  # a named metric = its spec: once
     if not specs:
         return None
-    idx = {c: _COMPONENTS.index(c) for c in _COMPONENTS}
+    idx = {c: AXES.index(c) for c in AXES}
     by_context: dict[tuple, dict[tuple, float]] = {}
     for comps, mean in specs.items():
         ctx = tuple(comps[idx[c]] for c in others)
@@ -271,17 +294,9 @@ def _component_cells(board: list[dict], a: str, b: str):
         for p, mean in by_context[ctx].items():
             vals.setdefault(p, []).append(mean)
     cells = {p: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v)) for p, v in vals.items()}
-    groups = _ordered(a, {p[0] for p in pairs})
-    series = _ordered(b, {p[1] for p in pairs})
+    groups = level_order(a, {p[0] for p in pairs})
+    series = level_order(b, {p[1] for p in pairs})
     return groups, series, cells, notes
-
-
-def _ordered(axis: str, values) -> list[str]:
-    """``values`` of a component axis in the taxonomy's order (docs/taxonomy.md), unknown ones last."""
-    from prunetax.taxonomy.vocab import ids
-
-    order = {v: i for i, v in enumerate(ids(axis))}
-    return sorted(values, key=lambda v: (order.get(v, len(order)), str(v)))
 
 
 def _domino_cells(board: list[dict], limit: int = 8):
@@ -329,6 +344,84 @@ def _chosen(rows: list[dict], metrics: Sequence[str] | None, top: int) -> list[s
     return best[:top] + [m for m in ("random", "oracle") if m in ran]
 
 
+@dataclass
+class _Figures:
+    """Where the figures of one ``plot_results`` call go: ``out`` in each of ``formats``, with
+    ``command`` in their metadata; ``written``: the paths so far."""
+    plt: object
+    out: Path
+    formats: Sequence[str]
+    command: str | None
+    written: list = field(default_factory=list)
+
+    def save(self, fig, name: str, title: str, label: str) -> None:
+        """Write ``fig`` as ``out/<name>.<format>`` (``title`` and the group's ``label`` in its
+        metadata), then close it."""
+        from prunetax.benchmarks._version import __version__
+        from prunetax.benchmarks.io import atomic_path
+
+        command = self.command or ""
+        meta = {"png": {"Title": title, "Description": label, "Software": f"prunetax {__version__}",
+                        "Source": command},
+                "svg": {"Title": title, "Description": label, "Creator": f"prunetax {__version__}",
+                        "Source": command, "Date": None},
+                "pdf": {"Title": title, "Keywords": label, "Creator": f"prunetax {__version__}",
+                        "Subject": command, "CreationDate": None}}
+        for fmt in self.formats:
+            path = self.out / f"{name}.{fmt}"
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=150, metadata=meta[fmt], bbox_inches="tight", pad_inches=0.08)
+            self.written.append(path)
+        self.plt.close(fig)
+
+
+def _group_figures(figs: _Figures, rows: list[dict], scores: list[dict], traj: list[dict], tag: str,
+                   chosen: Sequence[str]) -> None:
+    """Every figure of one leaderboard group: ``rows`` (its leaderboard rows), ``scores`` (its
+    score rows), ``traj`` (trajectory rows of the drawn metrics, any group's), ``tag`` (the end of
+    the file names), ``chosen`` (the accuracy figure's metrics)."""
+    from prunetax.benchmarks.results import row_protocol
+
+    net, data, label = rows[0]["network"], rows[0]["dataset"], rows[0]["group"]
+    protocol = row_protocol(rows[0])
+    firsts = {}
+    for r in scores:
+        firsts.setdefault(r["seed"], r)
+    warn = chance_warning(data, [r["baseline_accuracy"] for r in firsts.values() if r["baseline_accuracy"]
+                                 is not None], protocol)
+    subtitle = f"{net} / {data}\nrecipe {rows[0]['recipe_label']}; protocol {rows[0]['protocol_label']}"
+    cells = {r["cell_id"] for r in scores}
+    tj = [t for t in traj if t["cell_id"] in cells]
+    sc = [{"seed": s, "baseline_accuracy": r["baseline_accuracy"]} for s, r in firsts.items()]
+    title = f"accuracy while pruning: {subtitle}"
+    figs.save(_accuracy_figure(figs.plt, tj, sc, chosen, title, protocol, warn), f"accuracy_{tag}", title, label)
+    for name, a, b, what in (("reduction_scaling", "reduction", "scaling", "reduction x scaling"),
+                             ("pointwise_input", "pointwise", "base_input", "pointwise x base input")):
+        got = component_cells(rows, a, b)
+        if got:
+            g, s, c, notes = got
+            texts = BarTexts(f"mean rate by {what}: {subtitle}", a.replace("_", " "), b.replace("_", " "),
+                             RATE_LABEL, notes, warn)
+            figs.save(_bars(figs.plt, texts, g, s, c), f"{name}_{tag}", texts.title, label)
+    got = _domino_cells(rows)
+    if got:
+        best, series, c, hatched, notes = got
+        texts = BarTexts(f"channel vs Domino structure: {subtitle}", "metric (without its structure)", "structure",
+                         RATE_LABEL, notes, warn)
+        figs.save(_bars(figs.plt, texts, best, series, c, hatched), f"domino_{tag}", texts.title, label)
+
+
+def _drawn_trajectories(results_dir, metrics: Sequence[str]) -> list[dict]:
+    """The trajectory rows of ``metrics`` only (a grid's trajectories can be millions of rows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from prunetax.benchmarks.results import read_trajectories
+
+    table = read_trajectories(results_dir)
+    return table.filter(pc.is_in(table.column("metric_id"), value_set=pa.array(metrics, pa.string()))).to_pylist()
+
+
 def plot_results(results_dir, out_dir, metrics: Sequence[str] | None = None,
                  formats: Sequence[str] = FORMATS, top: int = 5, command: str | None = None) -> list[Path]:
     """Write every figure of ``results_dir`` into ``out_dir`` in ``formats``; returns the paths.
@@ -336,15 +429,13 @@ def plot_results(results_dir, out_dir, metrics: Sequence[str] | None = None,
     ``metrics``: the accuracy figure's metrics (default: each group's ``top`` that crossed, with
     random and oracle); ``command``: the command line stored in each file's metadata.
     """
-    from prunetax.benchmarks._version import __version__
-    from prunetax.benchmarks.io import atomic_path
     from prunetax.benchmarks.ranking import rank_scores
-    from prunetax.benchmarks.results import read_scores, read_trajectories
+    from prunetax.benchmarks.results import read_scores
 
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise PrunetaxError(f"unknown plot format {(bad or [''])[0]!r}; choose from {', '.join(FORMATS)}")
-    plt = _pyplot()
+    plt = pyplot()
     scores = read_scores(results_dir)
     board = rank_scores(scores, source=str(results_dir)).to_pylist()
     known = {r["metric_id"] for r in board}
@@ -353,68 +444,18 @@ def plot_results(results_dir, out_dir, metrics: Sequence[str] | None = None,
         if missing:
             raise PrunetaxError(f"metric {missing[0]!r} is not in {results_dir}; choose from the leaderboard's ids")
     score_rows = scores.to_pylist()
-    out, written = Path(out_dir), []
-
-    def save(fig, name, title, label):
-        meta = {"png": {"Title": title, "Description": label, "Software": f"prunetax {__version__}",
-                        "Source": command or ""},
-                "svg": {"Title": title, "Description": label, "Creator": f"prunetax {__version__}",
-                        "Source": command or "", "Date": None},
-                "pdf": {"Title": title, "Keywords": label, "Creator": f"prunetax {__version__}",
-                        "Subject": command or "", "CreationDate": None}}
-        for fmt in formats:
-            path = out / f"{name}.{fmt}"
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=150, metadata=meta[fmt], bbox_inches="tight", pad_inches=0.08)
-            written.append(path)
-        plt.close(fig)
-
     groups: dict[tuple, list[dict]] = {}
     for r in board:
         groups.setdefault((r["network"], r["dataset"], r["recipe_hash"], r["protocol"]), []).append(r)
-    # the trajectories of the metrics drawn only (a grid's trajectories can be millions of rows)
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    wanted = sorted({m for rows in groups.values() for m in _chosen(rows, metrics, top)})
-    table = read_trajectories(results_dir)
-    traj = table.filter(pc.is_in(table.column("metric_id"), value_set=pa.array(wanted, pa.string()))).to_pylist()
+    drawn = sorted({m for rows in groups.values() for m in _chosen(rows, metrics, top)})
+    traj = _drawn_trajectories(results_dir, drawn)
     per_data: dict[tuple, int] = {}
     for key in groups:
         per_data[key[:2]] = per_data.get(key[:2], 0) + 1
+    figs = _Figures(plt, Path(out_dir), formats, command)
     for key in sorted(groups, key=lambda k: (k[0], k[1], groups[k][0]["group"])):
         net, data, rhash, proto = key
-        rows = groups[key]
-        label = rows[0]["group"]
         tag = f"{_safe(net)}_{_safe(data)}" + (f"_r{_short(rhash)}-p{_short(proto)}" if per_data[key[:2]] > 1 else "")
         mine = [r for r in score_rows if (r["network"], r["dataset"], r["recipe_hash"], r["protocol"]) == key]
-        cells = {r["cell_id"] for r in mine}
-        threshold, mode = rows[0]["threshold"], rows[0]["threshold_mode"]
-        firsts = {}
-        for r in mine:
-            firsts.setdefault(r["seed"], r)
-        warn = chance_warning(data, [r["baseline_accuracy"] for r in firsts.values() if r["baseline_accuracy"]
-                                     is not None], threshold, mode)
-        subtitle = f"{net} / {data}\nrecipe {rows[0]['recipe_label']}; protocol {rows[0]['protocol_label']}"
-        chosen = _chosen(rows, metrics, top)
-        tj = [t for t in traj if t["cell_id"] in cells]
-        sc = [{"seed": s, "baseline_accuracy": r["baseline_accuracy"]} for s, r in firsts.items()]
-        title = f"accuracy while pruning: {subtitle}"
-        save(_accuracy_figure(plt, tj, sc, chosen, title, threshold, mode, warn), f"accuracy_{tag}", title, label)
-        for name, a, b, what in (("reduction_scaling", "reduction", "scaling", "reduction x scaling"),
-                                 ("pointwise_input", "pointwise", "base_input", "pointwise x base input")):
-            got = _component_cells(rows, a, b)
-            if got:
-                g, s, c, notes = got
-                title = f"mean rate by {what}: {subtitle}"
-                save(_bars(plt, title, g, s, c, a.replace("_", " "), b.replace("_", " "),
-                           "conv weights removed at the threshold (%)", notes, warn),
-                     f"{name}_{tag}", title, label)
-        got = _domino_cells(rows)
-        if got:
-            best, series, c, hatched, notes = got
-            title = f"channel vs Domino structure: {subtitle}"
-            save(_bars(plt, title, best, series, c, "metric (without its structure)", "structure",
-                       "conv weights removed at the threshold (%)", notes, warn, hatched),
-                 f"domino_{tag}", title, label)
-    return written
+        _group_figures(figs, groups[key], mine, traj, tag, _chosen(groups[key], metrics, top))
+    return figs.written

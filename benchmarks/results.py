@@ -20,16 +20,21 @@ import math
 import re
 import urllib.parse
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pyarrow as pa
 
-from prunetax.benchmarks.cell import SCHEMA_VERSION, Cell, CellResult
+from prunetax.benchmarks.cell import SCHEMA_VERSION, Cell, CellResult, Protocol
 from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.vocab import AXES
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SCORE_FIELDS", "TRAJECTORY_FIELDS", "ROW_COLUMNS", "TRAJECTORY_COLUMNS", "SCORES_SCHEMA",
-           "TRAJECTORIES_SCHEMA", "score_row", "trajectory_rows", "write_cell_result", "read_scores",
-           "read_trajectories", "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS", "recipe_hash"]
+           "TRAJECTORIES_SCHEMA", "RowFacts", "score_row", "trajectory_rows", "row_protocol", "write_cell_result",
+           "read_scores", "read_trajectories", "cell_done", "cell_path", "leaderboard", "LEADERBOARD_COLUMNS",
+           "recipe_hash"]
 
 PARTITIONS = ("network", "dataset")
 _STR, _INT, _FLT, _BOOL = pa.string(), pa.int64(), pa.float64(), pa.bool_()
@@ -59,7 +64,6 @@ TRAJECTORY_FIELDS: tuple[tuple[str, pa.DataType], ...] = (  # one row per prunin
 )
 ROW_COLUMNS = tuple(name for name, _ in SCORE_FIELDS)
 TRAJECTORY_COLUMNS = tuple(name for name, _ in TRAJECTORY_FIELDS)
-_COMPONENTS = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 
 # Full schemas of the datasets as read back (partition columns included, in the order above).
 SCORES_SCHEMA = pa.schema(SCORE_FIELDS)
@@ -75,10 +79,10 @@ def recipe_hash(recipe) -> str:
 
     A field added to Recipe later counts only when set (as in ``training.cache_key``), so the
     hash of a recipe does not change when the Recipe type grows."""
-    from prunetax.benchmarks.recipes import _KEYED_WHEN_SET
+    from prunetax.benchmarks.recipes import KEYED_WHEN_SET
 
     fields = dataclasses.asdict(recipe) if dataclasses.is_dataclass(recipe) else dict(recipe)
-    fields = {k: v for k, v in fields.items() if not (k in _KEYED_WHEN_SET and v == _KEYED_WHEN_SET[k])}
+    fields = {k: v for k, v in fields.items() if not (k in KEYED_WHEN_SET and v == KEYED_WHEN_SET[k])}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -93,26 +97,39 @@ def _baseline_columns(info: dict | None) -> dict:
             "recipe": json.dumps(recipe, sort_keys=True) if recipe is not None else None}
 
 
-def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, device, wall: float,
-              info: dict | None = None, work: dict | None = None) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RowFacts:
+    """What the scores rows of one cell record besides its trajectories: where and how long it ran,
+    on which baseline, with how many image-passes.
+
+    ``device``: the device the cell ran on (its ``str`` fills ``device``); ``wall_seconds``: the
+    cell's wall time; ``info``: the baseline's info (``train_baseline``'s: its ``digest`` and
+    ``recipe`` fill ``baseline_digest``, ``recipe_hash`` and ``recipe``; None leaves them null);
+    ``work``: the cell's image-passes (its ``test_images`` and ``test_images_exhaustive`` fill
+    ``test_images_evaluated`` and ``test_images_exhaustive``; None leaves them null).
+    """
+    device: torch.device | str
+    wall_seconds: float
+    info: dict | None = None
+    work: dict | None = None
+
+
+def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, facts: RowFacts) -> dict:
     """The scores row of one metric of ``cell``: ``trajectory`` (``protocol.Trajectory``) read at
     ``crossing`` (conv %, channels %, MACs % where accuracy crossed the target, or the final rate),
-    reached at step ``steps``; ``baseline``: the baseline's test accuracy; ``info``: the baseline's
-    info (``train_baseline``'s: its ``digest`` and ``recipe`` fill ``baseline_digest``,
-    ``recipe_hash`` and ``recipe``; None leaves them null); ``work``: the cell's image-passes
-    (``CellPruning.work()``: its ``test_images`` and ``test_images_exhaustive`` fill
-    ``test_images_evaluated`` and ``test_images_exhaustive``; None leaves them null)."""
+    reached at step ``steps``; ``baseline``: the baseline's test accuracy; ``facts``: the cell's
+    device, wall time, baseline info and image-passes (``RowFacts``)."""
     import torch
 
     from prunetax.benchmarks._version import __version__
     from prunetax.taxonomy.expr import MetricExpr
     from prunetax.taxonomy.spec import MetricSpec
 
-    t, p = trajectory, cell.protocol
-    comps = dict.fromkeys(_COMPONENTS)
+    t, p, work = trajectory, cell.protocol, facts.work
+    comps = dict.fromkeys(AXES)
     if isinstance(t.metric, MetricSpec):
         kind = "spec"
-        comps = dict(zip(_COMPONENTS, t.metric.components()))
+        comps = dict(zip(AXES, t.metric.components()))
     elif isinstance(t.metric, MetricExpr):
         kind = "expression"
     else:
@@ -128,7 +145,7 @@ def score_row(cell: Cell, trajectory, crossing, steps: int, baseline: float, dev
            "crossed": t.crossed, "final_accuracy": t.accuracy.get(last), "ran_as": t.ran_as,
            "schedule": p.schedule, "mode": p.mode, "protocol": json.dumps(p.to_dict(), sort_keys=True),
            "prunetax_version": __version__, "torch_version": torch.__version__,
-           "device": str(device), "wall_seconds": wall, **_baseline_columns(info),
+           "device": str(facts.device), "wall_seconds": facts.wall_seconds, **_baseline_columns(facts.info),
            "test_images_evaluated": None if work is None else work["test_images"],
            "test_images_exhaustive": None if work is None else work["test_images_exhaustive"]}
     return _in_order(row, ROW_COLUMNS)
@@ -190,7 +207,7 @@ def check_done_recipe(root, cell: Cell) -> None:
     ``recipe_hash`` column, or with it null, are not checked."""
     import pyarrow.parquet as pq
 
-    from prunetax.benchmarks.training import recipe_for
+    from prunetax.benchmarks.baseline import recipe_for
 
     path = cell_path(root, cell, "scores")
     try:
@@ -281,12 +298,30 @@ def read_trajectories(root) -> pa.Table:
     return _read(root, "trajectories", TRAJECTORIES_SCHEMA, _FILE_TRAJ)
 
 
-# The leaderboard lives in benchmarks/ranking.py (which reads no files: this reads them for it).
-from prunetax.benchmarks.ranking import LEADERBOARD_COLUMNS, rank_scores  # noqa: E402
+def row_protocol(row: dict) -> Protocol | None:
+    """The protocol a scores row (or a leaderboard row) was computed under: its ``protocol``
+    column read back, or, where that is null or holds options this version does not know, a
+    protocol of its ``threshold`` and ``threshold_mode`` (all the accuracy target needs); None
+    when neither is recorded."""
+    text = row.get("protocol")
+    if text is not None:
+        try:
+            return Protocol.from_dict(json.loads(text))
+        except (ValueError, TypeError, PrunetaxError):
+            pass
+    if row.get("threshold") is None:
+        return None
+    return Protocol(threshold=row["threshold"], relative=row.get("threshold_mode") == "relative")
+
+
+# The leaderboard lives in benchmarks/ranking/ (which reads no files: this reads them for it).
+from prunetax.benchmarks.ranking import CONFIDENCE, LEADERBOARD_COLUMNS, rank_scores  # noqa: E402
 
 
 def leaderboard(results_dir, by: Sequence[str] = ("network", "dataset"), top: int | None = None,
-                versus: str | None = None) -> pa.Table:
+                versus: str | None = None, confidence: float = CONFIDENCE) -> pa.Table:
     """The metrics of ``results_dir`` ranked per group (``prunetax.benchmarks.ranking.rank_scores``;
-    ``versus``: each metric's paired difference against a reference, as there)."""
-    return rank_scores(read_scores(results_dir), by, top, source=str(results_dir), versus=versus)
+    ``versus``: each metric's paired difference against a reference, its t interval at
+    ``confidence``, as there)."""
+    return rank_scores(read_scores(results_dir), by, top, source=str(results_dir), versus=versus,
+                       confidence=confidence)

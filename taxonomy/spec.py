@@ -50,8 +50,8 @@ class MetricSpec:
             raise SpecError(f"invalid metric {self._text()!r}: {problem}")
 
     def components(self) -> tuple[str, str, str, str, str, str]:
-        return (self.base_input, self.pointwise, self.reduction, self.scaling,
-                self.structure, self.aggregation)
+        """The six components in the order of the axes (``vocab.AXES``)."""
+        return tuple(getattr(self, axis) for axis in C.AXES)
 
     def _text(self) -> str:
         text = f"{self.base_input}-{self.pointwise}-{self.reduction}-{self.scaling}"
@@ -79,8 +79,7 @@ class MetricSpec:
         combinations of their code; None for structures, aggregations and inputs they lacked."""
         if self.structure != "channel" or self.aggregation != "per_image":
             return None
-        parts = [C.get(axis, value) for axis, value in
-                 zip(("base_input", "pointwise", "reduction", "scaling"), self.components())]
+        parts = [C.get(axis, value) for axis, value in zip(C.AXES, self.components()[:4])]
         if any(not p.paper or p.authors_name is None for p in parts):
             return None
         return "-".join(p.authors_name for p in parts)
@@ -100,7 +99,7 @@ class MetricSpec:
             raise SpecError(
                 f"malformed metric id {raw!r}: expected input-pointwise-reduction-scaling"
                 "[-structure][@aggregation], e.g. activation-taylor-abs_sum-weights_removed-domino_io")
-        values = dict(zip(("base_input", "pointwise", "reduction", "scaling", "structure"), parts))
+        values = dict(zip(C.AXES, parts))     # the id's parts in the axes' order; aggregation after '@'
         if aggregation:
             values["aggregation"] = aggregation
         try:

@@ -15,8 +15,8 @@ from prunetax.benchmarks.analysis import (average_ranks, clusters, component_eff
 from prunetax.benchmarks.cell import Cell, CellResult, Protocol
 from prunetax.benchmarks.cli import main as cli_main
 from prunetax.benchmarks.results import ROW_COLUMNS, write_cell_result
+from prunetax.taxonomy.vocab import AXES
 
-AXES = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 T975 = {1: 12.706204736174694, 2: 4.302652729749462, 5: 2.5705818356363146, 7: 2.364624251592784,
         10: 2.228138851986274, 30: 2.0422724563012378}   # Student's t table, 97.5 % quantiles
 

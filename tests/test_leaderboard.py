@@ -18,8 +18,8 @@ from prunetax.benchmarks.ranking import parse_top
 from prunetax.benchmarks.results import LEADERBOARD_COLUMNS, ROW_COLUMNS, leaderboard, recipe_hash, write_cell_result
 from prunetax.benchmarks.training import recipe_for
 from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.taxonomy.vocab import AXES
 
-AXES = ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
 W, A, NEVER, LATE = ("weight-value-l1-none", "activation-value-l2-elements", "weight-taylor-l2-none",
                      "activation-taylor-l1-none")
 COMPS = {W: ("weight", "value", "l1", "none"), A: ("activation", "value", "l2", "elements"),
@@ -253,12 +253,12 @@ def test_pooled_networks_are_named(tmp_path):
 
 
 def test_authors_note_when_the_protocol_is_not_recorded():
-    from prunetax.benchmarks.ranking import _authors
-    assert _authors({"lenet5"}, {"mnist"}, {}) == (84.9, "theirs: mode characterise, threshold 5 points; "
-                                                         "here: protocol not recorded")
-    assert _authors({"lenet5"}, {"mnist"}, {"mode": "characterise", "threshold": 5.0, "relative": False}) == \
+    from prunetax.benchmarks.ranking import authors_rate
+    assert authors_rate({"lenet5"}, {"mnist"}, {}) == (84.9, "theirs: mode characterise, threshold 5 points; "
+                                                             "here: protocol not recorded")
+    assert authors_rate({"lenet5"}, {"mnist"}, {"mode": "characterise", "threshold": 5.0, "relative": False}) == \
         (84.9, "theirs: mode characterise, threshold 5 points, as here")
-    assert _authors({"nin"}, {"cifar100"}, None)[0] == 59.2
+    assert authors_rate({"nin"}, {"cifar100"}, None)[0] == 59.2
 
 
 # t quantiles from a printed table (two-sided 95 %): df 1 and 2
@@ -325,3 +325,43 @@ def test_versus_an_axis_level_and_selection(tmp_path, capsys):
         assert cli_main(["leaderboard", str(tmp_path / "R"), *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, (args, err)
+
+
+def test_versus_interval_is_named_by_its_confidence(results):
+    """The versus interval's header and note name the confidence the table was ranked at (they
+    said "95% ci" whatever was asked), in a table cut to some metrics too."""
+    from prunetax.benchmarks.ranking import rank_scores, render, select_metrics
+    from prunetax.benchmarks.results import read_scores
+
+    at90 = rank_scores(read_scores(results), versus=W, confidence=0.9)
+    g = {r["metric_id"]: r for r in at90.to_pylist() if "epochs=2" in r["group"] and r["threshold"] == 5.0}
+    half = 2.919985580355516 * statistics.stdev([10.0, 8.0, 15.0]) / 3 ** 0.5     # t(0.95; 2): a 90 % interval
+    assert (g[A]["vs_ci_low"], g[A]["vs_ci_high"]) == (pytest.approx(11.0 - half), pytest.approx(11.0 + half))
+    for fmt in ("table", "markdown", "html"):
+        for table in (at90, select_metrics(at90, [A])):
+            text = render(table, fmt)
+            assert "90% ci" in text and "95% ci" not in text, fmt
+            assert "90% ci: t interval over those cells" in text, fmt
+
+
+def test_the_table_records_its_confidence(results):
+    """A leaderboard with versus columns records the level of its interval in its schema metadata
+    (read back by ``confidence_of``; 0.95 for a table that does not say), through ``leaderboard``
+    and its Parquet file too; without versus it records none."""
+    import pyarrow.parquet as pq
+
+    from prunetax.benchmarks.io import write_parquet
+    from prunetax.benchmarks.ranking import CONFIDENCE, confidence_of, rank_scores, render
+    from prunetax.benchmarks.results import read_scores
+
+    scores = read_scores(results)
+    assert CONFIDENCE == 0.95 and confidence_of(rank_scores(scores, versus=W)) == 0.95
+    assert rank_scores(scores).schema.metadata is None
+    board = leaderboard(results, versus=W, confidence=0.999)
+    assert confidence_of(board) == 0.999 and "99.9% ci" in render(board, "markdown")
+    write_parquet(board, str(results.parent / "lb.parquet"))
+    back = pq.read_table(results.parent / "lb.parquet")
+    assert confidence_of(back) == 0.999 and "99.9% ci: t interval" in render(back, "table")
+    assert "95% ci" in render(back.replace_schema_metadata(None), "html")
+    with pytest.raises(PrunetaxError, match=r"confidence must be in \(0, 1\)"):
+        leaderboard(results, versus=W, confidence=1.0)

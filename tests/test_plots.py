@@ -30,20 +30,22 @@ def rate_of(sp, seed: int) -> float:
             + 3 * (t == "domino_io") + seed)
 
 
-def write(root, net="lenet5", data="mnist", seeds=(0, 1), baseline=95.0, threshold=5.0, censored=(),
+def write(root, net="lenet5", data="mnist", seeds=(0, 1), baseline=95.0, protocol=Protocol(), censored=(),
           identical=("activation-taylor-l2-elements-domino_io",)):
-    """Cells of SPECS + random + oracle. ``identical``: metrics given the curve of the best one."""
+    """Cells of SPECS + random + oracle under ``protocol``. ``identical``: metrics given the curve
+    of the best one."""
     best = mid(SPECS[-1])
     for seed in seeds:
         ids = [mid(sp) for sp in SPECS] + ["random", "oracle"]
-        c = Cell(net, data, seed, tuple(ids), Protocol(threshold=threshold))
+        c = Cell(net, data, seed, tuple(ids), protocol)
         rows, traj = [], []
         for m, sp in zip(ids, SPECS + [None, None]):
             rate = rate_of(sp, seed) if sp else (5.0 + seed if m == "random" else 60.0 + seed)
             curve_of = best if m in identical else m
             r = dict.fromkeys(ROW_COLUMNS)
             r.update(cell_id=c.id, metric_id=m, kind="spec" if sp else "reference", network=net, dataset=data,
-                     seed=seed, threshold=threshold, threshold_mode="absolute", baseline_accuracy=baseline + seed,
+                     seed=seed, threshold=protocol.threshold,
+                     threshold_mode="relative" if protocol.relative else "absolute", baseline_accuracy=baseline + seed,
                      conv_weights_removed_pct=rate, crossed=m not in censored,
                      protocol=json.dumps(c.protocol.to_dict(), sort_keys=True), ran_as=m)
             if sp:
@@ -95,13 +97,13 @@ def test_plot_all_figures_formats_and_metadata(tmp_path, capsys):
 def test_bar_numbers_by_hand():
     """Bars of reduction x scaling: the mean over the 8 channel metrics of each (reduction, scaling)
     (2 base inputs x 2 pointwise x 1 aggregation, each its mean over seeds 0, 1), sd over them."""
-    from prunetax.benchmarks.plots import _component_cells
+    from prunetax.benchmarks.plots import component_cells
     board = []
     for sp in SPECS:
         vals = [rate_of(sp, s) for s in (0, 1)]
         board.append({"metric_id": mid(sp), "kind": "spec", **dict(zip(COMPONENTS, sp)), "aggregation": "per_image",
                       "mean": float(np.mean(vals)), "censored": False})
-    groups, series, cells, notes = _component_cells(board, "reduction", "scaling")
+    groups, series, cells, notes = component_cells(board, "reduction", "scaling")
     assert groups == ["l1", "l2"] and series == ["none", "elements"]  # the taxonomy's order
     for r in ("l1", "l2"):
         for s in ("none", "elements"):
@@ -114,14 +116,14 @@ def test_bar_numbers_by_hand():
     # drop one metric: the context it belonged to is left out of every bar (balanced)
     lost = board[:]
     lost = [b for b in lost if b["metric_id"] != "weight-value-l1-none"]
-    _, _, cells2, notes2 = _component_cells(lost, "reduction", "scaling")
+    _, _, cells2, notes2 = component_cells(lost, "reduction", "scaling")
     assert any(n.startswith("balanced: averaged over the 3 combinations") for n in notes2)
     assert all(c[2] == 3 for c in cells2.values())
 
 
 def test_groups_split_by_protocol_and_chance_warning(tmp_path, capsys):
-    write(tmp_path / "res", threshold=5.0)
-    write(tmp_path / "res", threshold=2.0, seeds=(0,))
+    write(tmp_path / "res", protocol=Protocol(threshold=5.0))
+    write(tmp_path / "res", protocol=Protocol(threshold=2.0), seeds=(0,))
     write(tmp_path / "res", net="cifar10_quick", data="cifar10", baseline=12.4, seeds=(0,))
     assert cli_main(["plot", str(tmp_path / "res"), "--out", str(tmp_path / "f"), "--format", "svg",
                      "--metrics", "weight-value-l1-none,random"]) == 0
@@ -166,7 +168,7 @@ def test_curves_draw_partial_tests_at_their_partial_accuracy(tmp_path):
     """A step the sequential test decided early (accuracy null, 150 of 250 right) is drawn at 60 %,
     a whole-set step at its accuracy, an untested step not at all; the figure says how many
     points are partial."""
-    from prunetax.benchmarks.plots import _curves, _partial_points
+    from prunetax.benchmarks.plots import accuracy_curves, partial_points
 
     rows = [{"metric_id": "m", "seed": 0, "step": 1, "conv_weights_removed_pct": 10.0, "accuracy": None,
              "test_images": 250, "test_correct": 150},
@@ -175,5 +177,33 @@ def test_curves_draw_partial_tests_at_their_partial_accuracy(tmp_path):
             {"metric_id": "m", "seed": 0, "step": 3, "conv_weights_removed_pct": 30.0, "accuracy": 41.5,
              "test_images": 1000, "test_correct": 415},
             {"metric_id": "m", "seed": 0, "step": 4, "conv_weights_removed_pct": 40.0, "accuracy": 30.0}]  # old folder
-    assert _curves(rows, {0: 99.0}, "m") == {0: [(0.0, 99.0), (10.0, 60.0), (30.0, 41.5), (40.0, 30.0)]}
-    assert _partial_points(rows, ["m"]) == 1 and _partial_points(rows, ["other"]) == 0
+    assert accuracy_curves(rows, {0: 99.0}, "m") == {0: [(0.0, 99.0), (10.0, 60.0), (30.0, 41.5), (40.0, 30.0)]}
+    assert partial_points(rows, ["m"]) == 1 and partial_points(rows, ["other"]) == 0
+
+
+def test_target_lines_are_the_protocols_targets(tmp_path, monkeypatch):
+    """Each seed's target line is ``Protocol.target`` of its baseline, to the bit: with a relative
+    threshold too (95 - 3 % of 95 is 92.15; 95 * (1 - 0.03), the plots' own formula before, is
+    92.14999999999999), and the legend says what the threshold is."""
+    from matplotlib.axes import Axes
+
+    drawn = []
+    real = Axes.axhline
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: (drawn.append(y), real(self, y, *a, **k))[1])
+    protocol = Protocol(threshold=3.0, relative=True)
+    write(tmp_path / "res", protocol=protocol)
+    assert cli_main(["plot", str(tmp_path / "res"), "--out", str(tmp_path / "f"), "--format", "svg"]) == 0
+    assert drawn == [protocol.target(95.0), protocol.target(96.0)] and drawn[0] == 92.15
+    assert "target: baseline - 3 % of baseline (per seed)" in (tmp_path / "f" / "accuracy_lenet5_mnist.svg").read_text()
+
+
+def test_chance_warning_reads_the_protocols_target():
+    """The chance warning compares ``Protocol.target`` with chance: 10.5 % less 5 % of it is at
+    chance on CIFAR-10, 12 % less 5 % of it is not, 12 % less 5 points is."""
+    from prunetax.benchmarks.plots import chance_warning
+
+    relative, absolute = Protocol(threshold=5.0, relative=True), Protocol(threshold=5.0)
+    assert "within the threshold of chance (10 %)" in chance_warning("cifar10", [10.5], relative)
+    assert chance_warning("cifar10", [12.0], relative) is None
+    assert chance_warning("cifar10", [12.0], absolute).startswith("baseline accuracy 12.0 %")
+    assert chance_warning("cifar10", [12.0], None) is None and chance_warning("imagenet", [12.0], absolute) is None

@@ -15,9 +15,9 @@ import prunetax.benchmarks as benchmarks
 from prunetax.benchmarks.cell import SCHEMA_VERSION, Cell, CellResult, Protocol
 from prunetax.benchmarks.training import recipe_for
 from prunetax.benchmarks.results import (LEADERBOARD_COLUMNS, ROW_COLUMNS, SCORES_SCHEMA, TRAJECTORIES_SCHEMA,
-                                         TRAJECTORY_COLUMNS, cell_done, cell_path, leaderboard, read_scores,
-                                         read_trajectories, recipe_hash, score_row, trajectory_rows,
-                                         write_cell_result)
+                                         TRAJECTORY_COLUMNS, RowFacts, cell_done, cell_path, leaderboard,
+                                         read_scores, read_trajectories, recipe_hash, row_protocol, score_row,
+                                         trajectory_rows, write_cell_result)
 from prunetax.taxonomy.errors import PrunetaxError
 
 COMPONENTS = {"weight-value-l1-none": ("weight", "value", "l1", "none", "channel", "per_image"),
@@ -125,7 +125,7 @@ def test_row_builders_by_hand(tmp_path):
     named.rates = [(0.0, 0.0, 0.0), (10.0, 5.0, 8.0), (30.0, 15.0, 20.0)]
     named.accuracy, named.crossed = {0: 90.0, 2: 80.0}, True
     ref = Trajectory("random", "random", "random")
-    r = score_row(c, named, (25.0, 12.5, 17.0), 2, 90.0, "cpu", 3.5)
+    r = score_row(c, named, (25.0, 12.5, 17.0), 2, 90.0, RowFacts("cpu", 3.5))
     assert list(r) == list(ROW_COLUMNS)
     assert (r["kind"], r["base_input"], r["structure"], r["ran_as"]) == ("named", "weight", "channel",
                                                                        "weight-value-l1-none")
@@ -136,10 +136,18 @@ def test_row_builders_by_hand(tmp_path):
     assert (r["baseline_digest"], r["recipe_hash"], r["recipe"]) == (None, None, None)  # no info given
     recipe = recipe_for("lenet5", "mnist", 2, limit=256)
     info = {"recipe": dataclasses.asdict(recipe), "digest": "ab" * 32, "cached": True}  # train_baseline's info
-    rr = score_row(c, ref, (0.0, 0.0, 0.0), 0, 90.0, "cpu", 3.5, info=info)
+    rr = score_row(c, ref, (0.0, 0.0, 0.0), 0, 90.0, RowFacts("cpu", 3.5, info=info))
     assert rr["kind"] == "reference" and rr["base_input"] is None and rr["final_accuracy"] is None
     assert list(rr) == list(ROW_COLUMNS) and rr["baseline_digest"] == "ab" * 32
     assert json.loads(rr["recipe"]) == dataclasses.asdict(recipe) and rr["recipe_hash"] == recipe_hash(recipe)
+    facts = RowFacts("cuda:0", 1.25, work={"test_images": 7000, "test_images_exhaustive": 9000})
+    rw = score_row(c, ref, (0.0, 0.0, 0.0), 0, 90.0, facts)   # the cell's image-passes
+    assert (rw["device"], rw["wall_seconds"], rw["test_images_evaluated"], rw["test_images_exhaustive"]) == \
+        ("cuda:0", 1.25, 7000, 9000)
+    assert (r["test_images_evaluated"], r["test_images_exhaustive"]) == (None, None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        facts.device = "cpu"
+    assert row_protocol(r) == c.protocol and row_protocol(r).target(90.0) == 90.0 - 2.0 * 0.9
     rows = trajectory_rows(c, named)
     assert [list(x) for x in rows] == [list(TRAJECTORY_COLUMNS)] * 2
     assert [(x["step"], x["unit"], x["conv_weights_removed_pct"], x["accuracy"]) for x in rows] == \
@@ -333,3 +341,16 @@ def test_leaderboard_errors(tmp_path):
         leaderboard(tmp_path, by=("colour",))
     with pytest.raises(PrunetaxError, match="no results in"):
         leaderboard(tmp_path)
+
+
+def test_row_protocol_reads_the_protocol_column_else_the_threshold():
+    """A row's protocol: its ``protocol`` column; where that is null or holds an option this
+    version does not know, its threshold columns (all the target needs); None without either."""
+    p = Protocol(threshold=7.5, relative=True, units_per_step=4)
+    row = {"protocol": json.dumps(p.to_dict(), sort_keys=True), "threshold": 7.5, "threshold_mode": "relative"}
+    assert row_protocol(row) == p
+    for text in (None, json.dumps({**p.to_dict(), "from_the_future": 1}), "not json"):
+        got = row_protocol({**row, "protocol": text})
+        assert got == Protocol(threshold=7.5, relative=True) and got.target(92.4) == p.target(92.4)
+    assert row_protocol({"protocol": None, "threshold": 2.0, "threshold_mode": None}) == Protocol(threshold=2.0)
+    assert row_protocol({"protocol": None, "threshold": None, "threshold_mode": None}) is None

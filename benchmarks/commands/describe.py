@@ -15,7 +15,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from prunetax.taxonomy import NAMED, MetricSpec, parse_metric
+    from prunetax.taxonomy import AXES, NAMED, MetricSpec, parse_metric
 
     metric = parse_metric(args.metric)
     if args.metric.strip() in NAMED:
@@ -32,7 +32,7 @@ def run(args) -> int:
         print(spec.id)
         if spec.authors_name:
             print(f"  authors' name: {spec.authors_name}")
-        for axis in ("base_input", "pointwise", "reduction", "scaling", "structure", "aggregation"):
+        for axis in AXES:
             print(f"  {axis:<12} {info[axis]}")
         print(f"  formula      {info['formula']}")
         if args.latex:

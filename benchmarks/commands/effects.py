@@ -59,7 +59,7 @@ def run(args) -> int:
     from prunetax.benchmarks._version import __version__
     from prunetax.benchmarks.analysis import EFFECT_COLUMNS, component_effects, effects_figure
     from prunetax.benchmarks.io import atomic_path, format_markdown, format_table, write_parquet
-    from prunetax.benchmarks.plots import FORMATS, _pyplot
+    from prunetax.benchmarks.plots import FORMATS, pyplot
     from prunetax.benchmarks.results import SCORES_SCHEMA, read_scores
     from prunetax.taxonomy.errors import PrunetaxError
 
@@ -99,7 +99,7 @@ def run(args) -> int:
                          pa.int64() if c.startswith("n_") else pa.float64()) for c in EFFECT_COLUMNS])
     write_parquet(pa.Table.from_pylist(effects, schema=schema), str(out / "effects.parquet"),
                   {"prunetax_command": command, "prunetax_version": __version__})
-    plt = _pyplot()
+    plt = pyplot()
     fig = effects_figure(plt, effects, f"component effects: {', '.join(nets)} ({cells} cells)", by)
     written = 2
     if fig is not None:

@@ -5,11 +5,12 @@ import sys
 
 from prunetax.benchmarks.commands._flags import flag
 from prunetax.benchmarks.io import write_rows
+from prunetax.taxonomy.vocab import AXES
 
 HELP = "list, filter and count the metric space (presets: paper, domino, extended)"
-FLAGS = (("base_input", "--input"), ("pointwise", "--pointwise"), ("reduction", "--reduction"),
-         ("scaling", "--scaling"), ("structure", "--structure"), ("aggregation", "--aggregation"))
-COLUMNS = ("id", "authors_name", "base_input", "pointwise", "reduction", "scaling", "structure", "aggregation")
+# one filter option per axis: --<axis>, but --input for the base input
+FLAGS = tuple((axis, "--input" if axis == "base_input" else f"--{axis}") for axis in AXES)
+COLUMNS = ("id", "authors_name", *AXES)
 
 
 def add_arguments(p) -> None:
@@ -28,9 +29,8 @@ def add_arguments(p) -> None:
 
 
 def rows_for(specs) -> list[dict]:
-    return [{"id": s.id, "authors_name": s.authors_name, "base_input": s.base_input,
-             "pointwise": s.pointwise, "reduction": s.reduction, "scaling": s.scaling,
-             "structure": s.structure, "aggregation": s.aggregation} for s in specs]
+    """One row per metric: its id, authors' name and components (``COLUMNS``)."""
+    return [{"id": s.id, "authors_name": s.authors_name, **dict(zip(AXES, s.components()))} for s in specs]
 
 
 def run(args) -> int:

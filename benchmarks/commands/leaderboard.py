@@ -6,7 +6,7 @@ HELP = ("rank the metrics of a results folder by mean percent of conv weights re
 
 
 def add_arguments(p) -> None:
-    from prunetax.benchmarks.ranking import FORMATS, parse_top
+    from prunetax.benchmarks.ranking import CONFIDENCE, FORMATS, parse_top
 
     p.add_argument("results", metavar="RESULTS", help="results folder written by prunetax bench")
     p.add_argument("--by", default="network,dataset",
@@ -19,7 +19,8 @@ def add_arguments(p) -> None:
     p.add_argument("--versus", default=None, metavar="METRIC|AXIS=LEVEL",
                    help="add each metric's paired difference in rate against METRIC (an id, named metric, random, "
                         "oracle), or against the metric that differs from it only in AXIS, set to LEVEL (e.g. "
-                        "scaling=none, structure=channel): mean over the cells where both ran and its 95%% t interval")
+                        "scaling=none, structure=channel): mean over the cells where both ran and its "
+                        f"{CONFIDENCE * 100:g}%% t interval")
     p.add_argument("--format", default="table", choices=FORMATS,
                    help="table, markdown, html (main columns, one section per group); csv, json, parquet "
                         "(every column); default table")

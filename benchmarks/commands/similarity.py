@@ -1,6 +1,12 @@
 """prunetax similarity: which metrics rank a network's channels alike (Spearman, Kendall, clusters)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 HELP = ("rank correlations (Spearman, Kendall) between the channel rankings of every two metrics on a trained "
         "network, clusters of metrics that rank alike, and a clustered heatmap")
 
@@ -57,28 +63,15 @@ def _common(specs) -> str:
     return ", ".join(f"{a}={comps[0][i]}" for i, a in enumerate(AXES) if len({c[i] for c in comps}) == 1)
 
 
-def run(args) -> int:
-    from pathlib import Path
-
-    import numpy as np
-    import pyarrow as pa
-    import torch
-
-    from prunetax.benchmarks._version import __version__
-    from prunetax.benchmarks.analysis import (alike, clusters, rank_similarity, rate_gap, removal_overlap,
-                                              similarity_figure)
-    from prunetax.benchmarks.cell import Cell, Protocol
-    from prunetax.benchmarks.commands._flags import at_least, flag
-    from prunetax.benchmarks.commands.saliency import (baseline_loader, check_finite, check_network_arguments,
-                                                       parse_metric_list)
+def _checked(args) -> tuple[list[str], list]:
+    """The heatmap's formats and the metrics, once every argument that needs no trained network is
+    known good (as prunetax saliency), else an error."""
+    from prunetax.benchmarks.commands._flags import at_least
+    from prunetax.benchmarks.commands.saliency import check_network_arguments, parse_metric_list
     from prunetax.benchmarks.grid import expand_metrics
-    from prunetax.benchmarks.io import atomic_path, format_markdown, write_parquet
-    from prunetax.benchmarks.plots import FORMATS, _pyplot
-    from prunetax.benchmarks.setup import Env, prepare_cell
-    from prunetax.metrics import saliencies
+    from prunetax.benchmarks.plots import FORMATS
     from prunetax.taxonomy.errors import PrunetaxError
 
-    # everything that needs no trained network first, as prunetax saliency
     at_least("--images", args.images, 1)
     at_least("--batch-size", args.batch_size, 1)
     at_least("--first", args.first, 1)
@@ -92,7 +85,36 @@ def run(args) -> int:
     metrics = parse_metric_list(args.metrics)
     if len(set(expand_metrics(metrics))) < 2:
         raise PrunetaxError(f"--metrics {args.metrics}: one metric; similarity compares two or more")
-    plt = _pyplot()  # before the baseline is trained: a missing matplotlib is one line at once
+    return formats, metrics
+
+
+@dataclass
+class _Saliencies:
+    """The metrics' unit saliencies on the baseline: ``ids`` (as bench writes them), ``values``
+    [metrics, units], ``specs`` (id -> the metric), the baseline's ``info``, ``source`` (what
+    the printed line names) and ``provenance`` (what the written files name)."""
+    ids: list[str]
+    values: "np.ndarray"
+    specs: dict
+    info: dict
+    source: str
+    provenance: str
+
+
+def _saliencies(args, metrics) -> _Saliencies:
+    """The baseline (trained, cached or ``--checkpoint``) and every metric's saliency of each of
+    its ranked units (convolution channels; with ``--include-linear``, linear units too)."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from prunetax.benchmarks.cell import Cell, Protocol
+    from prunetax.benchmarks.commands.saliency import baseline_loader, check_finite
+    from prunetax.benchmarks.grid import expand_metrics
+    from prunetax.benchmarks.setup import Env, prepare_cell
+    from prunetax.metrics import saliencies
+
     cell = Cell(args.model, args.dataset, args.seed, (), Protocol(prune_linear=args.include_linear),
                 epochs=args.epochs, train_limit=args.train_limit)
     setup = prepare_cell(cell, Env.from_args(args), load_model=baseline_loader(args, metrics), accuracy=False)
@@ -109,32 +131,46 @@ def run(args) -> int:
     ids = [expand_metrics([result.name(m)])[0] for m in result.values]
     scored = sorted({int(u) for p in structure.producers for u in structure.layers[p].out_units.tolist() if u >= 0})
     values = np.stack([result.unit_saliency(m)[torch.tensor(scored)].numpy() for m in result.values])
-    rho, tau = rank_similarity(values)
-    order, label = clusters(rho, args.min_rho)
+    return _Saliencies(ids, values, dict(zip(ids, result.values)), setup.info, source, provenance)
 
-    overlap = cells = gap = gap_cells = None
-    if args.results:
-        import pyarrow.compute as pc
 
-        from prunetax.benchmarks.results import read_scores, read_trajectories
+def _from_results(args, ids: list[str]) -> dict | None:
+    """With ``--results``: what the metrics did on this network and data set there, as
+    ``analysis.removal_overlap`` (``overlap``, ``cells``) and ``analysis.rate_gap`` (``gap``,
+    ``gap_cells``) give it; None without."""
+    if not args.results:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
-        def ours(table):
-            return table.filter(pc.and_(pc.and_(pc.equal(table.column("network"), args.model),
-                                                pc.equal(table.column("dataset"), args.dataset)),
-                                        pc.is_in(table.column("metric_id"), value_set=pa.array(ids, pa.string()))))
-        with flag("--results", args.results):
-            table, scores = read_trajectories(args.results), read_scores(args.results)
-        overlap, cells = removal_overlap(ours(table).to_pylist(), ids, args.first)
-        gap, gap_cells = rate_gap(ours(scores).to_pylist(), ids)
-        if not (cells > 0).any():
-            raise PrunetaxError(f"--results {args.results}: no trajectory of these metrics on {args.model} / "
-                                f"{args.dataset} with {args.first} steps (--first)")
+    from prunetax.benchmarks.analysis import rate_gap, removal_overlap
+    from prunetax.benchmarks.commands._flags import flag
+    from prunetax.benchmarks.results import read_scores, read_trajectories
+    from prunetax.taxonomy.errors import PrunetaxError
 
-    command = command_line(args)
-    out, tag = Path(args.out), f"{args.model}_{args.dataset}".replace("/", "-").replace(":", "-")
-    M, U = values.shape
-    meta = {"prunetax_command": command, "prunetax_version": __version__, "prunetax_source": provenance,
-            "prunetax_digest": str(setup.info.get("digest")), "prunetax_images": str(args.images)}
+    def ours(table):
+        return table.filter(pc.and_(pc.and_(pc.equal(table.column("network"), args.model),
+                                            pc.equal(table.column("dataset"), args.dataset)),
+                                    pc.is_in(table.column("metric_id"), value_set=pa.array(ids, pa.string()))))
+    with flag("--results", args.results):
+        table, scores = read_trajectories(args.results), read_scores(args.results)
+    overlap, cells = removal_overlap(ours(table).to_pylist(), ids, args.first)
+    gap, gap_cells = rate_gap(ours(scores).to_pylist(), ids)
+    if not (cells > 0).any():
+        raise PrunetaxError(f"--results {args.results}: no trajectory of these metrics on {args.model} / "
+                            f"{args.dataset} with {args.first} steps (--first)")
+    return {"overlap": overlap, "cells": cells, "gap": gap, "gap_cells": gap_cells}
+
+
+def _write_pairs(path, ids: list[str], rho, tau, done: dict | None, meta: dict) -> None:
+    """The pairs table: every ordered pair of metrics, its Spearman and Kendall, and with
+    ``--results`` (``done``) the overlap of their first removals and their rate gap."""
+    import numpy as np
+    import pyarrow as pa
+
+    from prunetax.benchmarks.io import write_parquet
+
+    M = len(ids)
     a, b = np.repeat(np.arange(M), M), np.tile(np.arange(M), M)
 
     def col(m):
@@ -142,38 +178,103 @@ def run(args) -> int:
 
     pairs = {"metric_a": pa.array([ids[i] for i in a], pa.string()), "metric_b": pa.array([ids[j] for j in b]),
              "spearman": col(rho), "kendall": col(tau)}
-    if overlap is not None:
-        pairs["overlap_first_n"] = col(overlap)
-        pairs["overlap_cells"] = pa.array(cells.ravel().astype(np.int64), pa.int64())
-        pairs["rate_gap"] = col(gap)
-        pairs["rate_cells"] = pa.array(gap_cells.ravel().astype(np.int64), pa.int64())
-    write_parquet(pa.table(pairs), str(out / f"similarity_{tag}.parquet"), meta)
+    if done is not None:
+        pairs["overlap_first_n"] = col(done["overlap"])
+        pairs["overlap_cells"] = pa.array(done["cells"].ravel().astype(np.int64), pa.int64())
+        pairs["rate_gap"] = col(done["gap"])
+        pairs["rate_cells"] = pa.array(done["gap_cells"].ravel().astype(np.int64), pa.int64())
+    write_parquet(pa.table(pairs), str(path), meta)
 
-    n_clusters = max(label) + 1
-    members = [[m for m in order if label[m] == c] for c in range(n_clusters)]
+
+def _cluster_members(rho, order: list[int], label: list[int]) -> tuple[list[list[int]], list[float | None]]:
+    """Each cluster's metrics (in the dendrogram's order) and its mean rho between distinct
+    members (None for one metric or no finite rho)."""
+    import numpy as np
+
+    members = [[m for m in order if label[m] == c] for c in range(max(label) + 1)]
     inner = []
     for ms in members:
         sub = rho[np.ix_(ms, ms)][~np.eye(len(ms), dtype=bool)]
         inner.append(float(np.nanmean(sub)) if len(ms) > 1 and np.isfinite(sub).any() else None)
-    spec = dict(zip(ids, result.values))
+    return members, inner
+
+
+def _write_clusters(path, sal: _Saliencies, order: list[int], label: list[int], members, inner, meta: dict) -> None:
+    """The clusters table: one row per metric in the dendrogram's order with its cluster."""
+    import pyarrow as pa
+
+    from prunetax.benchmarks.io import write_parquet
+
+    ids = sal.ids
     rows = [{"metric_id": ids[m], "cluster": label[m] + 1, "cluster_size": len(members[label[m]]),
              "order": pos, "cluster_mean_rho": inner[label[m]]} for pos, m in enumerate(order)]
     write_parquet(pa.Table.from_pylist(rows, schema=pa.schema([
         ("metric_id", pa.string()), ("cluster", pa.int64()), ("cluster_size", pa.int64()), ("order", pa.int64()),
-        ("cluster_mean_rho", pa.float64())])), str(out / f"clusters_{tag}.parquet"), meta)
+        ("cluster_mean_rho", pa.float64())])), str(path), meta)
+
+
+def _clusters_markdown(args, sal: _Saliencies, rho, members, inner) -> str:
+    """The heading and the clusters' table of clusters_*.md."""
+    import numpy as np
+
+    from prunetax.benchmarks.io import format_markdown
+
+    ids = sal.ids
+    M, U = sal.values.shape
     table = [{"cluster": str(c + 1), "size": str(len(ms)),
               "mean rho": "" if inner[c] is None else f"{inner[c]:.3f}",
-              "shared components": _common([spec[ids[m]] for m in ms]),
+              "shared components": _common([sal.specs[ids[m]] for m in ms]),
               "metrics": ", ".join(ids[m] for m in ms)} for c, ms in enumerate(members)]
     off = rho[~np.eye(M, dtype=bool)]
-    md = (f"# Metric similarity: {args.model} / {args.dataset}\n\n"
-          f"{M} metrics ranking {U} units ({provenance}; {args.images} eval images). Spearman's rho between every two "
-          f"metrics' unit rankings: median {np.nanmedian(off):.3f}, min {np.nanmin(off):.3f}. Clusters: average "
-          f"linkage on 1 - rho, cut where the average rho falls below {args.min_rho:g}.\n\n"
-          f"{format_markdown(table, ['cluster', 'size', 'mean rho', 'shared components', 'metrics'])}\n")
-    said = ""
-    if overlap is not None:
-        bands, corr = alike(rho, overlap, gap)
+    return (f"# Metric similarity: {args.model} / {args.dataset}\n\n"
+            f"{M} metrics ranking {U} units ({sal.provenance}; {args.images} eval images). Spearman's rho between "
+            f"every two metrics' unit rankings: median {np.nanmedian(off):.3f}, min {np.nanmin(off):.3f}. Clusters: "
+            f"average linkage on 1 - rho, cut where the average rho falls below {args.min_rho:g}.\n\n"
+            f"{format_markdown(table, ['cluster', 'size', 'mean rho', 'shared components', 'metrics'])}\n")
+
+
+def _write_figure(plt, path_stem, formats: list[str], fig, title: str, command: str) -> None:
+    """The heatmap in each of ``formats`` (``path_stem``.<format>), with ``command`` in its metadata."""
+    from prunetax.benchmarks._version import __version__
+    from prunetax.benchmarks.io import atomic_path
+
+    fmeta = {"png": {"Title": title, "Source": command, "Software": f"prunetax {__version__}"},
+             "svg": {"Title": title, "Source": command, "Creator": f"prunetax {__version__}", "Date": None},
+             "pdf": {"Title": title, "Subject": command, "Creator": f"prunetax {__version__}", "CreationDate": None}}
+    for fmt in formats:
+        with atomic_path(f"{path_stem}.{fmt}") as tmp:
+            fig.savefig(tmp, format=fmt, dpi=150, metadata=fmeta[fmt], bbox_inches="tight")
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from prunetax.benchmarks._version import __version__
+    from prunetax.benchmarks.analysis import alike, clusters, rank_similarity, similarity_figure
+    from prunetax.benchmarks.io import atomic_path
+    from prunetax.benchmarks.plots import pyplot
+
+    formats, metrics = _checked(args)   # everything that needs no trained network first, as prunetax saliency
+    plt = pyplot()  # before the baseline is trained: a missing matplotlib is one line at once
+    sal = _saliencies(args, metrics)
+    rho, tau = rank_similarity(sal.values)
+    order, label = clusters(rho, args.min_rho)
+    done = _from_results(args, sal.ids)
+
+    command = command_line(args)
+    out, tag = Path(args.out), f"{args.model}_{args.dataset}".replace("/", "-").replace(":", "-")
+    M, U = sal.values.shape
+    meta = {"prunetax_command": command, "prunetax_version": __version__, "prunetax_source": sal.provenance,
+            "prunetax_digest": str(sal.info.get("digest")), "prunetax_images": str(args.images)}
+    _write_pairs(out / f"similarity_{tag}.parquet", sal.ids, rho, tau, done, meta)
+    members, inner = _cluster_members(rho, order, label)
+    _write_clusters(out / f"clusters_{tag}.parquet", sal, order, label, members, inner, meta)
+    md, said = _clusters_markdown(args, sal, rho, members, inner), ""
+    if done is not None:
+        bands, corr = alike(rho, done["overlap"], done["gap"])
         md += "\n" + _alike_section(bands, corr, args.first, args.results)
         said = (f"; rank alike -> prune alike: Spearman of rho with the first-{args.first} overlap "
                 f"{_num(corr['rho_vs_overlap'])}, with the rate gap {_num(corr['rho_vs_gap'])}")
@@ -183,16 +284,11 @@ def run(args) -> int:
 
     title = (f"{args.model} / {args.dataset}: Spearman's rho between metrics' unit rankings at the baseline\n"
              f"{M} metrics, {U} units, {args.images} images; boxes: clusters with average rho >= {args.min_rho:g}")
-    fig = similarity_figure(plt, rho, ids, order, label, title)
-    fmeta = {"png": {"Title": title, "Source": command, "Software": f"prunetax {__version__}"},
-             "svg": {"Title": title, "Source": command, "Creator": f"prunetax {__version__}", "Date": None},
-             "pdf": {"Title": title, "Subject": command, "Creator": f"prunetax {__version__}", "CreationDate": None}}
-    for fmt in formats:
-        with atomic_path(out / f"similarity_{tag}.{fmt}") as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, metadata=fmeta[fmt], bbox_inches="tight")
-    plt.close(fig)
+    fig = similarity_figure(plt, rho, sal.ids, order, label, title)
+    _write_figure(plt, out / f"similarity_{tag}", formats, fig, title, command)
+    off = rho[~np.eye(M, dtype=bool)]
     big = max(len(ms) for ms in members)
-    print(f"similarity: {M} metrics x {U} units of {args.model} / {args.dataset} ({source}); median rho "
+    print(f"similarity: {M} metrics x {U} units of {args.model} / {args.dataset} ({sal.source}); median rho "
           f"{np.nanmedian(off):.3f}; {sum(len(ms) > 1 for ms in members)} clusters of 2+ at rho >= {args.min_rho:g} "
           f"(largest {big}){said}; wrote {3 + len(formats)} files to {out}")
     return 0
