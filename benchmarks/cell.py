@@ -111,6 +111,51 @@ class Cell:
         return f"{self.network}_{self.dataset}_s{self.seed}_{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """How a cell's passes run, never what they give: the results are the same either way (to
+    the bit on a CPU; tests/test_protocol.py). Knobs for measuring the harness, not options of
+    the protocol (those are ``Protocol``'s and enter the cell's id).
+
+    ``share``: trajectories with equal keep masks share one saliency pass (per signal group) and
+    one test pass (False: one of each per trajectory). ``evaluator``: how test passes run,
+    ``"masked"`` (K masks per batched pass of the masked network; the default on a GPU),
+    ``"slim"`` (each mask's physically slimmed network; the default on a CPU) or None (by device).
+    """
+    share: bool = True
+    evaluator: str | None = None
+
+    def __post_init__(self):
+        if self.evaluator not in (None, "slim", "masked"):
+            raise PrunetaxError(f"unknown evaluator {self.evaluator!r}; use 'slim', 'masked' or None (by device)")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one cell runs (``prunetax.benchmarks.protocol.run_cell``); none of it enters the results.
+
+    ``progress``: True: the baseline's training bar, then a bar over the pruning steps; ``"lines"``
+    (output to a file): one plain line on stderr at most once a minute; False: nothing.
+    ``checkpoint``: the cell's state file (None: none), resumed when it holds this cell's state and
+    written every ``checkpoint_every`` seconds (0: after every step) and on SIGTERM / SIGINT.
+    ``allow_weak_baseline``: prune a baseline whose accuracy target is not above chance.
+    ``measurement``: how the passes run (``Measurement``).
+    """
+    progress: bool | str = False
+    checkpoint: str | None = None
+    checkpoint_every: float = 300.0
+    allow_weak_baseline: bool = False
+    measurement: Measurement = field(default_factory=Measurement)
+
+    def __post_init__(self):
+        if self.progress not in (True, False, "lines"):
+            raise PrunetaxError(f"progress must be True, False or 'lines', got {self.progress!r}")
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if not self.checkpoint_every >= 0:
+            raise PrunetaxError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every!r}")
+
+
 @dataclass
 class CellResult:
     cell: Cell

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from prunetax.benchmarks import checkpoint
-from prunetax.benchmarks.cell import Cell, Protocol
+from prunetax.benchmarks.cell import Cell, Protocol, RunOptions
 from prunetax.benchmarks.protocol import Retraining, run_cell
 from prunetax.benchmarks.setup import Env
 
@@ -33,7 +33,7 @@ RESUMING = re.compile(r"resuming (\S+) from step (\d+)(?: of metric (\d+)/(\d+))
 CHILD = """
 import json, sys, time, torch
 torch.set_num_threads(1)
-from prunetax.benchmarks.cell import Cell, Protocol
+from prunetax.benchmarks.cell import Cell, Protocol, RunOptions
 from prunetax.benchmarks.protocol import Pruning, run_cell
 from prunetax.benchmarks.setup import Env
 d, cache, state, every, hold = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5])
@@ -46,7 +46,7 @@ def holding(self):
         time.sleep(120)
     step(self)
 Pruning.step = holding
-run_cell(cell, Env("cpu", cache), checkpoint=state, checkpoint_every=every)
+run_cell(cell, Env("cpu", cache), RunOptions(checkpoint=state, checkpoint_every=every))
 """
 
 
@@ -102,7 +102,7 @@ def test_killed_at_random_moments_resumes_to_the_same_rows(reference, cache, tmp
         assert [int(m[1]) for m in resumed] == ([] if expect is None else [expect]), err[-2000:]
         kills, expect = kills + 1, saved_step(state)
         assert expect >= target
-    result = run_cell(CELL, Env("cpu", str(cache)), checkpoint=state, checkpoint_every=0)
+    result = run_cell(CELL, Env("cpu", str(cache)), RunOptions(checkpoint=state, checkpoint_every=0))
     lines = RESUMING.findall(capsys.readouterr().err)
     assert [(m[0], int(m[1])) for m in lines] == [(CELL.id, expect)] and expect > 0
     assert comparable(result) == comparable(reference)
@@ -127,7 +127,7 @@ def test_sigterm_saves_the_last_completed_step_at_once_and_a_rerun_completes(ref
     os.umask(umask)
     assert saved_step(state) == 5 and state.stat().st_mode & 0o777 == 0o666 & ~umask
     assert os.listdir(tmp_path) == ["cell.pt"]       # no temporary file left
-    result = run_cell(CELL, Env("cpu", str(cache)), checkpoint=state)
+    result = run_cell(CELL, Env("cpu", str(cache)), RunOptions(checkpoint=state))
     assert [(m[0], int(m[1])) for m in RESUMING.findall(capsys.readouterr().err)] == [(CELL.id, 5)]
     assert comparable(result) == comparable(reference)
 
@@ -137,7 +137,7 @@ def test_a_state_file_of_another_cell_is_ignored_with_one_line(reference, cache,
     other = checkpoint.CellCheckpoint(state, "lenet5_mnist_s1_0123456789ab", "digest", every=0)
     other.step_done({"index": 0, "completed": [], "pruning": None, "retraining": None}, step=3, metric=0,
                     elapsed=1.0)
-    result = run_cell(CELL, Env("cpu", str(cache)), checkpoint=state, checkpoint_every=1e9)
+    result = run_cell(CELL, Env("cpu", str(cache)), RunOptions(checkpoint=state, checkpoint_every=1e9))
     err = capsys.readouterr().err
     assert err.count("ignoring the state file") == 1 and "lenet5_mnist_s1_0123456789ab" in err
     assert not RESUMING.search(err)
@@ -181,9 +181,9 @@ def test_retrain_mode_resumes_mid_metric_after_sigint(cache, tmp_path, capsys, m
     state = tmp_path / "cell.pt"
     for _ in stops:
         with pytest.raises(KeyboardInterrupt):
-            run_cell(cell, env, checkpoint=state)
+            run_cell(cell, env, RunOptions(checkpoint=state))
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # restored
-    result = run_cell(cell, env, checkpoint=state)
+    result = run_cell(cell, env, RunOptions(checkpoint=state))
     lines = [(int(m[1]), m[2], m[3]) for m in RESUMING.findall(capsys.readouterr().err)]
     assert lines == [(first // 2 - 1, "1", "2"), (1, "2", "2")]
     assert comparable(result) == comparable(ref)
@@ -191,10 +191,10 @@ def test_retrain_mode_resumes_mid_metric_after_sigint(cache, tmp_path, capsys, m
 
 def test_progress_lines_for_a_log_file(reference, cache, monkeypatch, capsys):
     """progress="lines" (a grid writing to a file): one plain line per interval, here every step."""
-    from prunetax.benchmarks import protocol
+    from prunetax.benchmarks.protocol import progress
 
-    monkeypatch.setattr(protocol, "PROGRESS_LINE_EVERY", 0.0)
-    result = run_cell(CELL, Env("cpu", str(cache)), progress="lines")
+    monkeypatch.setattr(progress, "PROGRESS_LINE_EVERY", 0.0)
+    result = run_cell(CELL, Env("cpu", str(cache)), RunOptions(progress="lines"))
     assert comparable(result) == comparable(reference)
     lines = capsys.readouterr().err.splitlines()
     pattern = re.compile(rf"{re.escape(CELL.id)}: step (\d+), (\d+)/4 trajectories running, "

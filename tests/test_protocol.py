@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from prunetax.benchmarks.cell import Cell, Protocol
-from prunetax.benchmarks.protocol import Pruning, Trajectory, _crossing, _Pruner, prune
+from prunetax.benchmarks.cell import Cell, Measurement, Protocol
+from prunetax.benchmarks.protocol import CellPruning, Network, Pruner, Pruning, Trajectory, crossing
 from prunetax.benchmarks.setup import Env, prepare_cell
 from prunetax.metrics import MaskedModel, analyze, saliencies
 from prunetax.taxonomy import parse_metric
@@ -28,8 +28,7 @@ def trained(cache):
     from prunetax.benchmarks.training import evaluate, train_baseline
 
     data = load_dataset("mnist", eval_size=5000, seed=0)
-    model, _ = train_baseline("lenet5", data, 0, epochs=1, device="cpu", progress=False,
-                              cache_dir=cache, limit=1500)
+    model, _ = train_baseline("lenet5", data, 0, epochs=1, env=Env("cpu", cache), progress=False, limit=1500)
     model = model.double().eval()
     small = SimpleNamespace(eval_x=data.eval_x[:600].double(), eval_y=data.eval_y[:600],
                             test_x=data.test_x[:200].double(), test_y=data.test_y[:200])
@@ -38,11 +37,23 @@ def trained(cache):
     return model, full.restricted(("conv",)), small, base, MaskedModel(model, full)
 
 
-def _run(trained, metrics, evaluator=None, **proto):
+def _network(trained, **changes) -> Network:
     model, st, data, base, masked = trained
+    return Network(model, st, masked, data, 0, base).replace(**changes)
+
+
+def _pruner(trained, protocol=None, share=True, **changes) -> Pruner:
+    return Pruner(_network(trained, **changes), protocol or Protocol(), Measurement(share=share))
+
+
+def _prune(network, metrics, protocol, **measurement):
+    return CellPruning(network, metrics, protocol, Measurement(**measurement)).run()
+
+
+def _run(trained, metrics, evaluator=None, **proto):
     p = Protocol(**{"saliency_batches": 1, "batch_size": 16, "threshold": 5.0, **proto})
-    trajs = prune(model, st, masked, data, metrics, p, 0, torch.device("cpu"), base, evaluator=evaluator)
-    return {t.name: t for t in trajs}, base
+    trajs = _prune(_network(trained), metrics, p, evaluator=evaluator)
+    return {t.name: t for t in trajs}, trained[3]
 
 
 METRICS = ["weight-value-l2-weights_removed", "activation-taylor-abs_sum-elements", "random"]
@@ -57,14 +68,13 @@ def test_batched_equals_one_metric_at_a_time(trained):
 
 
 def test_max_trajectories_chunks_without_changing_the_result(trained):
-    model, st, data, _, masked = trained
-    pr = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
-    chunked = _Pruner(model, st, masked, data, Protocol(max_trajectories=1), 0, torch.device("cpu"))
+    st, data = trained[1], trained[2]
+    pr, chunked = _pruner(trained), _pruner(trained, Protocol(max_trajectories=1))
     ms = [parse_metric(m) for m in ("activation-taylor-abs_sum-elements", "activation-taylor-l2-none")]
     keep = torch.ones(2, st.num_units, dtype=torch.bool)
     keep[1, :4] = False
     x, y = data.eval_x[:16], data.eval_y[:16]
-    assert torch.equal(pr.unit_saliencies(ms, keep, x, y), chunked.unit_saliencies(ms, keep, x, y))
+    assert torch.equal(pr.saliency.unit_saliencies(ms, keep, x, y), chunked.saliency.unit_saliencies(ms, keep, x, y))
 
 
 def test_fast_equals_exact_within_one_step(trained):
@@ -72,7 +82,7 @@ def test_fast_equals_exact_within_one_step(trained):
     fast, _ = _run(trained, METRICS, schedule="fast")
     target = base - 5.0
     for m in METRICS:
-        (r_exact, s_exact), (r_fast, s_fast) = _crossing(exact[m], target), _crossing(fast[m], target)
+        (r_exact, s_exact), (r_fast, s_fast) = crossing(exact[m], target), crossing(fast[m], target)
         assert s_exact is not None and abs(s_exact - s_fast) <= 1, m
         if s_exact == s_fast:
             assert r_fast == pytest.approx(r_exact)
@@ -83,10 +93,10 @@ def test_crossing_is_linear_interpolation_by_hand():
     t = Trajectory("m", "random", "random")
     t.rates = [(0.0, 0.0, 0.0), (10.0, 5.0, 8.0), (30.0, 15.0, 20.0), (50.0, 20.0, 40.0)]
     t.accuracy = {0: 90.0, 1: 89.0, 2: 87.0, 3: 80.0}
-    rates, step = _crossing(t, 85.0)          # between step 2 (87) and 3 (80): t = 2/7
+    rates, step = crossing(t, 85.0)          # between step 2 (87) and 3 (80): t = 2/7
     assert step == 3
     assert rates == pytest.approx((30 + 2 / 7 * 20, 15 + 2 / 7 * 5, 20 + 2 / 7 * 20))
-    assert _crossing(t, 70.0) == (None, None)
+    assert crossing(t, 70.0) == (None, None)
 
 
 def test_target_by_hand():
@@ -97,9 +107,9 @@ def test_target_by_hand():
 
 
 def test_the_loop_steps_once_per_call_and_runs_its_after_step_strategy(trained):
-    model, st, data, base, masked = trained
+    st, base = trained[1], trained[3]
     p = Protocol(saliency_batches=1, batch_size=16, threshold=5.0, relative=True, schedule="exact")
-    pr = _Pruner(model, st, masked, data, p, 0, torch.device("cpu"))
+    pr = _pruner(trained, p)
     calls = []
     pruning = Pruning(pr, ["weight-value-l1-none", "filter_l1", "random"], base,
                       after_step=lambda keep_row: calls.append(int(keep_row.sum())))
@@ -113,7 +123,7 @@ def test_the_loop_steps_once_per_call_and_runs_its_after_step_strategy(trained):
     assert got["filter_l1"].removed == got["weight-value-l1-none"].removed
     steps = sum(len(t.step_end) - 1 for t in pruning.active)
     assert len(calls) == steps                                               # once per pending trajectory and step
-    alone = prune(model, st, masked, data, ["weight-value-l1-none", "random"], p, 0, torch.device("cpu"), base)
+    alone = _prune(_network(trained), ["weight-value-l1-none", "random"], p)
     for t in alone:                                                          # a hook that changes nothing changes nothing
         assert t.removed == got[t.name].removed and t.accuracy == got[t.name].accuracy
 
@@ -124,8 +134,7 @@ def test_prepare_cell_is_the_trained_model_on_the_test_subset(trained, cache):
     cell = Cell("lenet5", "mnist", 0, ("random",), Protocol(test_images=300), epochs=1, train_limit=1500)
     s = prepare_cell(cell, Env("cpu", cache))
     assert s.info["cached"] and s.device == torch.device("cpu") and s.cell is cell
-    by_hand, _ = train_baseline("lenet5", s.data, 0, epochs=1, device="cpu", progress=False, cache_dir=cache,
-                                limit=1500)
+    by_hand, _ = train_baseline("lenet5", s.data, 0, epochs=1, env=Env("cpu", cache), progress=False, limit=1500)
     assert s.baseline_accuracy == evaluate(by_hand, s.data.test_x[:300], s.data.test_y[:300])
     assert torch.equal(s.test_x, s.data.test_x[:300]) and len(s.test_y) == 300
     assert not s.model.training and not any(prm.requires_grad for prm in s.model.parameters())
@@ -148,8 +157,8 @@ def test_one_shot_follows_the_baseline_ranking(trained):
 
 
 def test_no_layer_is_ever_emptied(trained):
-    model, st, data, _, masked = trained
-    pr = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
+    st = trained[1]
+    pr = _pruner(trained)
     keep = torch.ones(1, st.num_units, dtype=torch.bool)
     first = st.layers[st.producers[0]].out_units     # conv1: 20 single-channel units
     keep[0, first[1:]] = False                         # one channel of conv1 left
@@ -162,8 +171,8 @@ def test_no_layer_is_ever_emptied(trained):
 
 
 def test_rates_count_conv_weights_by_hand(trained):
-    model, st, data, _, masked = trained
-    pr = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
+    st = trained[1]
+    pr = _pruner(trained)
     keep = torch.ones(1, st.num_units, dtype=torch.bool)
     keep[0, st.layers[st.producers[0]].out_units[0]] = False   # one conv1 channel of LeNet-5
     conv, channels, _ = pr.rates(keep)[0]
@@ -180,12 +189,13 @@ def test_retrain_mode_trains_a_copy_and_with_zero_steps_equals_no_retraining(tra
     data = SimpleNamespace(**vars(data), train_x=d.train_x[:512].double(), train_y=d.train_y[:512])
     before = copy.deepcopy(model.state_dict())
     p0 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, schedule="exact")
-    plain = prune(model, st, masked, data, ["weight-value-l1-none"], p0, 0, torch.device("cpu"), base)[0]
+    net = _network(trained, data=data)
+    plain = _prune(net, ["weight-value-l1-none"], p0)[0]
     p1 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, mode="retrain", retrain_steps=0)
-    zero = prune(model, st, masked, data, ["weight-value-l1-none"], p1, 0, torch.device("cpu"), base)[0]
+    zero = _prune(net, ["weight-value-l1-none"], p1)[0]
     assert zero.removed == plain.removed
     p2 = Protocol(saliency_batches=1, batch_size=16, threshold=1.0, mode="retrain", retrain_steps=2)
-    prune(model, st, masked, data, ["weight-value-l1-none"], p2, 0, torch.device("cpu"), base)
+    _prune(net, ["weight-value-l1-none"], p2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the baseline is untouched
 
 
@@ -242,8 +252,8 @@ def test_cuda_run_equals_cpu_run(trained):
     gdata = SimpleNamespace(**{k: v.to(dev) for k, v in vars(data).items()})
     full = analyze(gmodel, gdata.test_x[:1])
     p = Protocol(saliency_batches=1, batch_size=16, threshold=5.0, schedule="fast")
-    gpu = {t.name: t for t in prune(gmodel, full.restricted(("conv",)), MaskedModel(gmodel, full), gdata, METRICS,
-                                    p, 0, dev, base)}
+    net = Network(gmodel, full.restricted(("conv",)), MaskedModel(gmodel, full), gdata, 0, base)
+    gpu = {t.name: t for t in _prune(net, METRICS, p)}
     for m in METRICS:
         assert gpu[m].removed == cpu[m].removed, m
         for s in cpu[m].accuracy:
@@ -269,7 +279,7 @@ def test_shared_saliency_passes_equal_one_row_per_trajectory(trained, threads, d
     masked = MaskedModel(model, masked.structure)
     x, y = data.eval_x[:45].to(dtype), data.eval_y[:45]
     g = torch.Generator().manual_seed(3)
-    scored = torch.nonzero(_Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu")).scored).flatten()
+    scored = torch.nonzero(_pruner(trained, model=model, masked=masked).scored).flatten()
     masks = torch.ones(4, st.num_units, dtype=torch.bool)
     for r in range(1, 4):
         masks[r, scored[torch.randperm(len(scored), generator=g)[:3 * r]]] = False
@@ -280,29 +290,30 @@ def test_shared_saliency_passes_equal_one_row_per_trajectory(trained, threads, d
         for pick in ([0, 1] * 15 + [2, 3, 3] * 4, [0] * 42):   # 2 masks per signal group; 1
             keep = masks[pick]
             keys = [frozenset(torch.nonzero(~row).flatten().tolist()) for row in keep]
-            alone = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"), share=False)
-            shared = _Pruner(model, st, masked, data, Protocol(), 0, torch.device("cpu"))
-            a, b = alone.unit_saliencies(ms, keep, x, y), shared.unit_saliencies(ms, keep, x, y, keys)
+            alone = _pruner(trained, share=False, model=model, masked=masked)
+            shared = _pruner(trained, model=model, masked=masked)
+            a = alone.saliency.unit_saliencies(ms, keep, x, y)
+            b = shared.saliency.unit_saliencies(ms, keep, x, y, keys)
             assert torch.equal(a, b), (pick, (a != b).any(1).nonzero().flatten().tolist())
-            assert shared.cost["saliency_images"] < alone.cost["saliency_images"]
-            assert shared.cost["saliency_images_unshared"] == alone.cost["saliency_images"]
+            assert shared.work.report()["saliency_images"] < alone.work.report()["saliency_images"]
+            assert shared.work.report()["saliency_images_unshared"] == alone.work.report()["saliency_images"]
     finally:
         torch.set_num_threads(n)
 
 
 def test_decide_by_hand_and_the_bound_holds():
-    from prunetax.benchmarks.protocol import _decide
+    from prunetax.benchmarks.protocol.sequential import decide
 
     N, cstar = 1000, 900                                  # above the target: at least 900 of 1,000 right
-    assert _decide(900, 950, N, cstar, None) is True      # certain: 900 already
-    assert _decide(10, 150, N, cstar, None) is False      # certain: at most 10 + 850 = 860
-    assert _decide(140, 150, N, cstar, None) is None      # 93 % of 150: not certain
-    assert _decide(149, 150, N, cstar, 0.0) is True       # any evidence will do with log_bound 0
+    assert decide(900, 950, N, cstar, None) is True      # certain: 900 already
+    assert decide(10, 150, N, cstar, None) is False      # certain: at most 10 + 850 = 860
+    assert decide(140, 150, N, cstar, None) is None      # 93 % of 150: not certain
+    assert decide(149, 150, N, cstar, 0.0) is True       # any evidence will do with log_bound 0
     # with 899 right of 1,000 (just below): P(149+ of 150 right) = 6.0e-7 (by hand: Fractions of
     # binomial coefficients) > 1e-10 = delta / 10: not enough; P(495+ of 500) = 3.4e-25: above
-    assert _decide(149, 150, N, cstar, math.log(10 / 1e-9)) is None
-    assert _decide(495, 500, N, cstar, math.log(10 / 1e-9)) is True
-    assert _decide(149, 150, N, cstar, math.log(1 / 1e-6)) is True    # 6.0e-7 <= 1e-6
+    assert decide(149, 150, N, cstar, math.log(10 / 1e-9)) is None
+    assert decide(495, 500, N, cstar, math.log(10 / 1e-9)) is True
+    assert decide(149, 150, N, cstar, math.log(1 / 1e-6)) is True    # 6.0e-7 <= 1e-6
     # the bound, by simulation: a mask just below the target (899 right) tested in random orders
     # at checkpoints 100, 200, ...: wrong "above" decisions at most delta of the time
     delta, trials = 0.2, 2000
@@ -316,7 +327,7 @@ def test_decide_by_hand_and_the_bound_holds():
         for _ in range(trials):
             seen = right[torch.randperm(N, generator=g)].cumsum(0)
             for n in range(100, N + 1, 100):
-                side = _decide(int(seen[n - 1]), n, N, cstar, log_bound)
+                side = decide(int(seen[n - 1]), n, N, cstar, log_bound)
                 if side is not None:
                     wrong += side is wrong_side
                     break
@@ -332,7 +343,7 @@ def test_hypergeometric_cuts_equal_rational_arithmetic():
     from fractions import Fraction
     from math import comb
 
-    from prunetax.benchmarks.protocol import _hypergeometric_cuts
+    from prunetax.benchmarks.protocol.sequential import hypergeometric_cuts
 
     def tail(N, K, n, xs):
         return Fraction(sum(comb(K, x) * comb(N - K, n - x) for x in xs), comb(N, n))
@@ -345,7 +356,7 @@ def test_hypergeometric_cuts_equal_rational_arithmetic():
                 for n in range(1, N):
                     above = next((c for c in range(n + 1) if tail(N, cstar - 1, n, range(c, n + 1)) <= alpha), n + 1)
                     below = max((c for c in range(n + 1) if tail(N, cstar, n, range(0, c + 1)) <= alpha), default=-1)
-                    assert _hypergeometric_cuts(n, N, cstar, log_bound) == (above, below), (N, cstar, n, log_bound)
+                    assert hypergeometric_cuts(n, N, cstar, log_bound) == (above, below), (N, cstar, n, log_bound)
                     checked += above <= n or below >= 0
     assert checked > 100      # many of them decide something
 
@@ -356,7 +367,6 @@ def test_sequential_test_and_shared_masks_give_the_exhaustive_crossings(trained)
     trajectory removes the same units and reads the same crossing and final accuracy as one
     pass per trajectory on the whole test set."""
     from prunetax.benchmarks.data import load_dataset
-    from prunetax.benchmarks.protocol import CellPruning
     from prunetax.benchmarks.results import trajectory_rows
 
     from prunetax.benchmarks.training import evaluate
@@ -374,13 +384,13 @@ def test_sequential_test_and_shared_masks_give_the_exhaustive_crossings(trained)
     for share, seq in ((False, False), (True, True)):
         p = Protocol(saliency_batches=1, batch_size=16, threshold=20.0, schedule="exact", units_per_step=3,
                      sequential_test=seq)
-        run = CellPruning(model, st, masked, data, metrics, p, 0, torch.device("cpu"), base, share=share)
+        run = CellPruning(Network(model, st, masked, data, 0, base), metrics, p, Measurement(share=share))
         runs[share] = ({t.name: t for t in run.run()}, run.work())
     (off, w_off), (on, w_on) = runs[False], runs[True]
     target = base - 20.0
     for m in metrics:
         assert on[m].removed == off[m].removed, m
-        assert _crossing(on[m], target) == _crossing(off[m], target), m
+        assert crossing(on[m], target) == crossing(off[m], target), m
         last = max(off[m].accuracy)
         assert on[m].accuracy[last] == off[m].accuracy[last] and max(on[m].accuracy) == last, m
         assert all(on[m].tested[s][1] == 1000 for s in on[m].accuracy if s > 0), m     # whole-set only
