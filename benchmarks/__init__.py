@@ -2,7 +2,10 @@
 from prunetax.benchmarks._version import __version__
 
 # Public entry points, imported on first use so that ``import benchmarks`` stays light.
-_LAZY = {"run": "prunetax.benchmarks.grid", "run_grid": "prunetax.benchmarks.grid", "leaderboard": "prunetax.benchmarks.results"}
+# ``run_cell`` runs one cell and ``run_grid`` a grid (the one way each); ``run`` is the deprecated
+# older way to run one cell (a shim that warns and calls ``run_cell``).
+_LAZY = {"run_cell": "prunetax.benchmarks.protocol", "run_grid": "prunetax.benchmarks.grid",
+         "leaderboard": "prunetax.benchmarks.results", "run": "prunetax.benchmarks.grid"}
 __all__ = ["__version__", *sorted(_LAZY)]
 
 

@@ -1,10 +1,10 @@
 """A cell's state file: a cell stopped mid-way (killed, preempted, interrupted) continues from
 its last saved step and ends with the results an uninterrupted run gives.
 
-``run_cell(cell, checkpoint=path)`` keeps one through a :class:`CellCheckpoint`: ``load`` reads
-the file when it belongs to the cell (its id and its baseline), ``step_done`` keeps the state of
-the step just completed in memory and writes it when ``every`` seconds have passed since the last
-write, and ``saving_on_signals`` writes it at once on SIGTERM or SIGINT. Writes are atomic
+``run_cell(cell, env, RunOptions(checkpoint=path))`` keeps one through a :class:`CellCheckpoint`:
+``load`` reads the file when it belongs to the cell (its id and its baseline), ``step_done`` keeps
+the state of the step just completed in memory and writes it when ``every`` seconds have passed
+since the last write, and ``saving_on_signals`` writes it at once on SIGTERM or SIGINT. Writes are atomic
 (``prunetax.benchmarks.io.atomic_path``: a temporary file beside the target, fsynced, renamed
 onto it): a reader finds the previous state or the new one, never a part of one. run_cell never
 deletes the file; the caller does, with :func:`remove_state`, once the cell's results are written,

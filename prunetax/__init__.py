@@ -21,7 +21,7 @@ _LAZY = {
     "MetricSpec": "prunetax.taxonomy", "MetricExpr": "prunetax.taxonomy", "parse_metric": "prunetax.taxonomy",
     "register_component": "prunetax.taxonomy", "unregister_component": "prunetax.taxonomy",
     "register_named": "prunetax.taxonomy",
-    "PrunetaxError": "prunetax.taxonomy", "SpecError": "prunetax.taxonomy", "BaselineError": "prunetax.taxonomy",
+    "PrunetaxError": "prunetax.taxonomy", "SpecError": "prunetax.taxonomy",
     # the space
     "metric_space": "prunetax.enumerate",
     # computing metrics
@@ -30,9 +30,11 @@ _LAZY = {
     "unregister_layer_rule": "prunetax.metrics", "register_pointwise": "prunetax.metrics",
     "register_reduction": "prunetax.metrics", "register_scaling": "prunetax.metrics",
     "register_structure": "prunetax.metrics", "register_aggregation": "prunetax.metrics",
-    "unregister_kernel": "prunetax.metrics",
+    "unregister_kernel": "prunetax.metrics", "register_base_input": "prunetax.metrics",
     # the harness
-    "run": "prunetax.benchmarks", "run_grid": "prunetax.benchmarks", "leaderboard": "prunetax.benchmarks",
+    "BaselineError": "prunetax.benchmarks.baseline",
+    "run_cell": "prunetax.benchmarks", "run_grid": "prunetax.benchmarks", "leaderboard": "prunetax.benchmarks",
+    "run": "prunetax.benchmarks",                 # deprecated: run_cell (and write_cell_result)
     "register_model": "prunetax.benchmarks.models",
 }
 

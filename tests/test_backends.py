@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from prunetax.benchmarks.grid import grid_cells, run_grid
+from prunetax.benchmarks.grid import GridOptions, grid_cells, run_grid
 from prunetax.benchmarks.perf import kill_resume as kr
 from prunetax.benchmarks.results import read_scores, read_trajectories
+from prunetax.benchmarks.setup import Env
 
 from dask.distributed import Client, LocalCluster  # the test extra installs dask and ray: no skip
 
@@ -21,6 +22,7 @@ GRID = {"networks": ["lenet5"], "datasets": ["mnist"], "seeds": [0, 1],
         "metrics": ["filter_l1", "activation-taylor-abs_sum-elements", "random"],
         "epochs": 1, "train_limit": 1000, "protocol": {"test_images": 300}}
 VOLATILE = ("wall_seconds",)
+QUIET = GridOptions(progress=False)
 
 
 def rows(results) -> list[tuple]:
@@ -38,8 +40,7 @@ def loky_reference(tmp_path_factory):
     """The grid on loky (2 processes), with the shared baseline cache its baselines went into."""
     root = tmp_path_factory.mktemp("backends")
     cells = grid_cells(GRID)
-    s = run_grid(cells, root / "loky", backend="loky", n_jobs=2, device="cpu", cache_dir=root / "cache",
-                 progress=False)
+    s = run_grid(cells, root / "loky", backend="loky", n_jobs=2, env=Env("cpu", root / "cache"), options=QUIET)
     assert len(s.ran) == 2
     return root, cells
 
@@ -48,7 +49,7 @@ def loky_reference(tmp_path_factory):
 def test_backend_equals_loky(loky_reference, backend):
     root, cells = loky_reference
     out = root / backend
-    s = run_grid(cells, out, backend=backend, n_jobs=2, device="cpu", cache_dir=root / "cache", progress=False)
+    s = run_grid(cells, out, backend=backend, n_jobs=2, env=Env("cpu", root / "cache"), options=QUIET)
     assert sorted(s.ran) == sorted(c.id for c in cells)
     assert rows(out) == rows(root / "loky") and traj(out) == traj(root / "loky")
     assert read_scores(out).num_rows == 6
@@ -59,8 +60,8 @@ def test_backend_equals_loky(loky_reference, backend):
 def test_killed_worker_grid_completes(tmp_path, backend):
     """Each cell's first attempt kills its worker process (SIGKILL); the backend runs it again."""
     cells = grid_cells({**GRID, "seeds": [0, 1, 2], "metrics": ["random"]}, validate=False)
-    s = run_grid(cells, tmp_path / "r", backend=backend, n_jobs=2, cache_dir=tmp_path / "cache",
-                 runner=kr.dying_run_cell, progress=False, pretrain=False)
+    s = run_grid(cells, tmp_path / "r", backend=backend, n_jobs=2, env=Env(cache_dir=tmp_path / "cache"),
+                 options=GridOptions(progress=False, runner=kr.dying_run_cell, pretrain=False))
     assert sorted(s.ran) == sorted(c.id for c in cells)
     assert len(list((tmp_path / "r" / "state").glob("*.died"))) == 3      # every cell died once
     want = sorted(kr.fake_run_cell(c).rows[0]["conv_weights_removed_pct"] for c in cells)

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import warnings
 
 import pytest
 import torch
 from torch import nn
 
 import prunetax.benchmarks as benchmarks
-from prunetax.benchmarks import grid
-from prunetax.benchmarks.cell import Cell, CellResult, Protocol
-from prunetax.benchmarks.grid import expand_metrics, grid_cells, load_grid_file, run_grid
+from prunetax.benchmarks import grid, protocol
+from prunetax.benchmarks.baseline import Baseline, BaselineError
+from prunetax.benchmarks.cell import Cell, CellResult, Protocol, RunOptions
+from prunetax.benchmarks.grid import GridOptions, expand_metrics, grid_cells, load_grid_file, run_grid
+from prunetax.benchmarks.grid import runner as grid_runner
 from prunetax.benchmarks.results import ROW_COLUMNS, cell_done, read_scores
 from prunetax.benchmarks.setup import Env
 from prunetax.enumerate import metric_space
@@ -23,9 +26,10 @@ def fake_rate(cell: Cell, metric: str) -> float:
     return round(digest[0] / 2.55, 3)
 
 
-def fake_run_cell(cell: Cell, env: Env, progress=False, **checkpointing) -> CellResult:
+def fake_run_cell(cell: Cell, env: Env, options: RunOptions | None = None) -> CellResult:
     FAKE_CALLS.append(cell.id)
     ENVS.append(env)
+    OPTIONS.append(options)
     rows = []
     for m in cell.metrics:
         r = dict.fromkeys(ROW_COLUMNS)
@@ -37,13 +41,17 @@ def fake_run_cell(cell: Cell, env: Env, progress=False, **checkpointing) -> Cell
 
 FAKE_CALLS: list[str] = []
 ENVS: list[Env] = []
+OPTIONS: list[RunOptions] = []
+QUIET = GridOptions(progress=False)
 
 
 @pytest.fixture
 def fake(monkeypatch):
+    """``protocol.run_cell`` (what a grid runs by default, and the deprecated ``run``) is the fake."""
     FAKE_CALLS.clear()
     ENVS.clear()
-    monkeypatch.setattr(grid, "_run_cell", fake_run_cell)
+    OPTIONS.clear()
+    monkeypatch.setattr(protocol, "run_cell", fake_run_cell)
     return FAKE_CALLS
 
 
@@ -137,14 +145,14 @@ def test_structure_rejection_up_front(rolled_model):
 
 def test_run_grid_resumes_and_skips(tmp_path, fake):
     cells = grid_cells(BASE)
-    s = run_grid(cells, tmp_path / "r", progress=False)
+    s = run_grid(cells, tmp_path / "r", options=QUIET)
     assert sorted(s.ran) == sorted(c.id for c in cells) and s.skipped == []
     assert all(cell_done(tmp_path / "r", c) for c in cells)
     got = {(r["seed"], r["metric_id"]): r["conv_weights_removed_pct"] for r in read_scores(tmp_path / "r").to_pylist()}
     assert got == {(c.seed, "random"): fake_rate(c, "random") for c in cells}
     fake.clear()
     more = grid_cells({**BASE, "seeds": [0, 1, 2]})
-    s2 = run_grid(more, tmp_path / "r", progress=False)
+    s2 = run_grid(more, tmp_path / "r", options=QUIET)
     assert fake == [more[2].id] and sorted(s2.skipped) == sorted(c.id for c in cells)
     assert read_scores(tmp_path / "r").num_rows == 3
 
@@ -158,29 +166,29 @@ def test_run_grid_refuses_done_cells_of_another_recipe(tmp_path, monkeypatch):
 
     ran = []
 
-    def runner(cell, env, progress=False, **kw):     # records the recipe as the real cell does
+    def runner(cell, env, options=None):     # records the recipe as the real cell does
         ran.append(cell.id)
         result = fake_run_cell(cell, env)
         for r in result.rows:
             r["recipe_hash"] = recipe_hash(recipe_for(cell.network, cell.dataset, cell.epochs))
         return result
 
-    monkeypatch.setattr(grid, "_run_cell", runner)
+    quiet = GridOptions(progress=False, runner=runner)
     name = "_test_recipe_change"
     config = {**BASE, "networks": [name], "seeds": [0]}
     register_model(lambda in_channels, num_classes, input_size: nn.Linear(1, 1), name=name,
                    recipe={"epochs": 2, "lr": 0.05})
     try:
         cells = grid_cells(config, validate=False)
-        assert run_grid(cells, tmp_path / "r", progress=False).ran == [cells[0].id]
-        assert run_grid(cells, tmp_path / "r", progress=False).skipped == [cells[0].id]   # same recipe: done
+        assert run_grid(cells, tmp_path / "r", options=quiet).ran == [cells[0].id]
+        assert run_grid(cells, tmp_path / "r", options=quiet).skipped == [cells[0].id]   # same recipe: done
         unregister_model(name)
         register_model(lambda in_channels, num_classes, input_size: nn.Linear(1, 1), name=name,
                        recipe={"epochs": 2, "lr": 0.05, "clip_grad_norm": 5.0})
         again = grid_cells(config, validate=False)
         assert [c.id for c in again] == [c.id for c in cells]                             # the id cannot tell
         with pytest.raises(PrunetaxError, match=r"another recipe .* clip_grad_norm 5\.0\); remove that file") as e:
-            run_grid(again, tmp_path / "r", progress=False)
+            run_grid(again, tmp_path / "r", options=quiet)
         assert "\n" not in str(e.value) and cells[0].id in str(e.value) and ran == [cells[0].id]
     finally:
         unregister_model(name)
@@ -190,17 +198,14 @@ def test_a_failed_baseline_fails_its_cell_and_the_grid_goes_on(tmp_path, monkeyp
     """Seed 1's baseline fails (BaselineError, as a diverged training or a chance-level baseline
     raises it): seeds 0 and 2 are still computed and written, the failure is reported when it
     happens, and the grid ends with one line counting it (a non-zero exit in the CLI)."""
-    from prunetax.taxonomy.errors import BaselineError
-
-    def runner(cell, env, progress=False, **kw):
+    def runner(cell, env, options=None):
         if cell.seed == 1:
             raise BaselineError("baseline lenet5/mnist/seed1 reaches 11.35 % test accuracy (chance 10.00 %)")
         return fake_run_cell(cell, env)
 
-    monkeypatch.setattr(grid, "_run_cell", runner)
     cells = grid_cells({**BASE, "seeds": [0, 1, 2]})
     with pytest.raises(BaselineError) as e:
-        run_grid(cells, tmp_path / "r", progress=False)
+        run_grid(cells, tmp_path / "r", options=GridOptions(progress=False, runner=runner))
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("1 of 3 cells could not run, their baselines failed (first: "
                                                f"{cells[1].id}: baseline lenet5/mnist/seed1 reaches 11.35 %")
@@ -208,50 +213,51 @@ def test_a_failed_baseline_fails_its_cell_and_the_grid_goes_on(tmp_path, monkeyp
     assert [cell_done(tmp_path / "r", c) for c in cells] == [True, False, True]
     assert f"cell 2/3 failed: {cells[1].id}: baseline lenet5/mnist/seed1" in capsys.readouterr().err
     # with workers, baselines are trained first: one that fails there drops its cells the same way
-    from prunetax.benchmarks import training
-
-    def train(network, dataset, seed, **kw):
-        if seed == 1:
+    def train(baseline, env, progress=True):
+        if baseline.seed == 1:
             raise BaselineError("lenet5/mnist/seed1: training diverged (loss nan) in epoch 1")
-    monkeypatch.setattr(training, "train_baseline", train)
-    assert grid._train_baselines(cells, Env(), False) == {cells[1].id: "lenet5/mnist/seed1: training diverged "
+    monkeypatch.setattr(Baseline, "get", train)
+    assert grid.train_baselines(cells, Env(), False) == {cells[1].id: "lenet5/mnist/seed1: training diverged "
                                                                       "(loss nan) in epoch 1"}
 
 
 def test_public_run_writes_one_cell(tmp_path, fake):
+    """``prunetax.run``, deprecated: a warning naming its replacements, then run_cell and the write."""
     c = grid_cells(BASE)[0]
-    res = benchmarks.run(c, results=tmp_path)
+    with pytest.warns(DeprecationWarning, match=r"run_cell\(cell, env, RunOptions.*write_cell_result"):
+        res = benchmarks.run(c, results=tmp_path)
     assert res.cell == c and cell_done(tmp_path, c)
+    assert OPTIONS == [RunOptions(progress=False)]
 
 
 def test_runner_errors(tmp_path, fake):
     cells = grid_cells(BASE)
     with pytest.raises(PrunetaxError, match="unknown backend 'spark'"):
-        run_grid(cells, tmp_path, backend="spark", progress=False)
+        run_grid(cells, tmp_path, backend="spark", options=QUIET)
     with pytest.raises(PrunetaxError, match="n_jobs"):
-        run_grid(cells, tmp_path, n_jobs=0, progress=False)
+        run_grid(cells, tmp_path, n_jobs=0, options=QUIET)
     (tmp_path / "file").write_text("x")
     with pytest.raises(PrunetaxError, match="is a file"):
-        run_grid(cells, tmp_path / "file", progress=False)
+        run_grid(cells, tmp_path / "file", options=QUIET)
     with pytest.raises(PrunetaxError, match="--scheduler needs"):
-        run_grid(cells, tmp_path / "r", scheduler="tcp://x:8786", progress=False)
+        run_grid(cells, tmp_path / "r", scheduler="tcp://x:8786", options=QUIET)
 
 
 @pytest.mark.parametrize("backend, module, extra", [("dask", "dask.distributed", "dask"), ("ray", "ray", "ray")])
 def test_missing_backend_names_the_extra(tmp_path, fake, monkeypatch, backend, module, extra):
     monkeypatch.setitem(sys.modules, module, None)   # as if the extra were not installed
     with pytest.raises(PrunetaxError, match=rf"pip install prunetax\[{extra}\]"):
-        run_grid(grid_cells(BASE), tmp_path / "r", backend=backend, progress=False)
+        run_grid(grid_cells(BASE), tmp_path / "r", backend=backend, options=QUIET)
     assert not (tmp_path / "r").exists()
 
 
 def test_parallel_loky_trains_each_baseline_once_then_fans_out(tmp_path, fake, monkeypatch):
     trained = []
-    monkeypatch.setattr(grid, "_train_baselines", lambda cells, *a: trained.append([c.id for c in cells]) or {})
+    monkeypatch.setattr(grid_runner, "train_baselines", lambda cells, *a: trained.append([c.id for c in cells]) or {})
     cells = grid_cells({**BASE, "seeds": [0, 1, 2]})
-    done = run_grid(cells[:1], tmp_path / "r", progress=False)  # one cell already there
+    done = run_grid(cells[:1], tmp_path / "r", options=QUIET)  # one cell already there
     assert trained == []  # n_jobs=1: run_cell trains
-    s = run_grid(cells, tmp_path / "r", n_jobs=2, progress=False)
+    s = run_grid(cells, tmp_path / "r", n_jobs=2, options=QUIET)
     assert trained == [[c.id for c in cells[1:]]] and s.skipped == done.ran
     assert sorted(s.ran) == sorted(c.id for c in cells[1:])
     got = {(r["seed"], r["metric_id"]): r["conv_weights_removed_pct"] for r in read_scores(tmp_path / "r").to_pylist()}
@@ -260,11 +266,11 @@ def test_parallel_loky_trains_each_baseline_once_then_fans_out(tmp_path, fake, m
 
 def test_train_baselines_dedupes(monkeypatch):
     calls = []
-    import prunetax.benchmarks.training as training
-    monkeypatch.setattr(training, "train_baseline", lambda *a, **kw: calls.append((a, kw["epochs"], kw["limit"])))
+    monkeypatch.setattr(Baseline, "get", lambda self, env, progress=True: calls.append((self, env, progress)))
     cells = grid_cells({**BASE, "seeds": [0, 1]}) + grid_cells({**BASE, "seeds": [0, 1], "metrics": ["oracle"]})
-    grid._train_baselines(cells, Env("cpu"), False)
-    assert calls == [(("lenet5", "mnist", 0), None, None), (("lenet5", "mnist", 1), None, None)]
+    grid.train_baselines(cells, Env("cpu"), False)
+    assert calls == [(Baseline.for_cell(cells[0]), Env("cpu"), False), (Baseline.for_cell(cells[1]), Env("cpu"), False)]
+    assert [(b.network, b.dataset, b.seed) for b, _, _ in calls] == [("lenet5", "mnist", 0), ("lenet5", "mnist", 1)]
 
 
 def test_env_defaults_old_keywords_and_pickling(tmp_path, monkeypatch):
@@ -287,17 +293,59 @@ def test_env_defaults_old_keywords_and_pickling(tmp_path, monkeypatch):
 
 def test_runner_sends_one_env_to_the_cells(tmp_path, fake, monkeypatch):
     cells = grid_cells({**BASE, "seeds": [0, 1]})
-    run_grid(cells, tmp_path / "a", device="cpu", cache_dir=tmp_path / "c", progress=False)
+    run_grid(cells, tmp_path / "a", env=Env("cpu", tmp_path / "c"), options=QUIET)
     assert ENVS == [Env("cpu", str(tmp_path / "c"), None)] * 2
     ENVS.clear()
     monkeypatch.setenv("PRUNETAX_CACHE", str(tmp_path / "client-cache"))
     monkeypatch.chdir(tmp_path)
     env = Env("cpu", None, "d")
-    run_grid(cells, "b", env=env, progress=False)
+    run_grid(cells, "b", env=env, options=QUIET)
     # the grid resolves every path on the client: the cells get absolute ones, the client's cache
     assert ENVS == [Env("cpu", str(tmp_path / "client-cache"), str(tmp_path / "d"))] * 2
     assert cell_done(tmp_path / "b", cells[0])
     ENVS.clear()
-    benchmarks.run(cells[0], env=env)
-    benchmarks.run(cells[0], device="cpu", data_root="d")
+    with pytest.warns(DeprecationWarning):
+        benchmarks.run(cells[0], env=env)
+    with pytest.warns(DeprecationWarning):
+        benchmarks.run(cells[0], device="cpu", data_root="d")
     assert ENVS == [env] * 2
+
+
+def test_runner_sends_each_cell_its_run_options(tmp_path, fake):
+    """Each cell gets the grid's options as RunOptions, with its own state file; at n_jobs 1 the
+    cell's progress is plain lines when the grid's is off."""
+    cells = grid_cells({**BASE, "seeds": [0, 1]})
+    options = GridOptions(progress=False, checkpoint_every=60, allow_weak_baseline=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)         # the new form warns about nothing
+        run_grid(cells, tmp_path / "r", env=Env("cpu"), options=options)
+    assert OPTIONS == [RunOptions(progress="lines", checkpoint=str(grid.state_path(tmp_path / "r", c)),
+                                  checkpoint_every=60.0, allow_weak_baseline=True) for c in cells]
+    with pytest.raises(PrunetaxError, match="checkpoint_every must be >= 0 seconds"):
+        GridOptions(checkpoint_every=-1)
+
+
+def test_legacy_keywords_still_work_and_warn(tmp_path, fake):
+    """``run_grid``'s older keywords (public API): the same run as the new form, after a
+    DeprecationWarning naming them; an unknown keyword is a TypeError as before."""
+    cells = grid_cells({**BASE, "seeds": [0, 1]})
+    with pytest.warns(DeprecationWarning, match="device, cache_dir, progress, checkpoint_every, "
+                                                "allow_weak_baseline are deprecated"):
+        old = run_grid(cells, tmp_path / "a", device="cpu", cache_dir=tmp_path / "c", progress=False,
+                       checkpoint_every=60, allow_weak_baseline=True)
+    got = list(zip(ENVS, OPTIONS))
+    ENVS.clear()
+    OPTIONS.clear()
+    new = run_grid(cells, tmp_path / "b", env=Env("cpu", tmp_path / "c"),
+                   options=GridOptions(progress=False, checkpoint_every=60, allow_weak_baseline=True))
+    assert sorted(old.ran) == sorted(new.ran) == sorted(c.id for c in cells)
+    assert [(e, o.checkpoint_every, o.allow_weak_baseline, o.progress) for e, o in got] == \
+        [(e, o.checkpoint_every, o.allow_weak_baseline, o.progress) for e, o in zip(ENVS, OPTIONS)]
+    assert read_scores(tmp_path / "a").sort_by("cell_id").equals(read_scores(tmp_path / "b").sort_by("cell_id"))
+    calls = []
+    with pytest.warns(DeprecationWarning, match="runner"):     # the stand-in given the old way
+        run_grid(cells, tmp_path / "c", runner=lambda c, e, o: calls.append(c.id) or fake_run_cell(c, e, o),
+                 options=QUIET)
+    assert calls == [c.id for c in cells]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        run_grid(cells, tmp_path / "d", colour="red")

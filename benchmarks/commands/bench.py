@@ -90,7 +90,7 @@ def build_config(args) -> tuple[dict, str]:
 
 
 def run(args) -> int:
-    from prunetax.benchmarks.grid import grid_cells, preflight, run_grid, validate_cells
+    from prunetax.benchmarks.grid import GridOptions, grid_cells, preflight, run_grid, validate_cells
     from prunetax.benchmarks.setup import Env
     from prunetax.taxonomy.errors import PrunetaxError
 
@@ -105,9 +105,10 @@ def run(args) -> int:
     results, env = preflight(args.results, args.backend, args.jobs, args.scheduler, Env.from_args(args))
     env.torch_device  # an unknown or unavailable device: one line
     validate_cells(cells, data_root=env.data_root)
+    options = GridOptions(progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every,
+                          plugins=getattr(args, "imports", ()), allow_weak_baseline=args.allow_weak_baseline)
     summary = run_grid(cells, results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
-                       env=env, progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every,
-                       plugins=getattr(args, "imports", ()), allow_weak_baseline=args.allow_weak_baseline)
+                       env=env, options=options)
     n_metrics = len(cells[0].metrics)
     print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")
