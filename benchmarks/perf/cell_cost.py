@@ -6,7 +6,7 @@
     python -m prunetax.benchmarks.perf.cell_cost --size resnet20 --device cuda --saliency-images 256 --test-images 0
 
 Runs one cell twice in one process, on one prepared baseline: first with the sharing of equal
-masks and the sequential test off (``CellPruning(..., share=False)`` and
+masks and the sequential test off (``Measurement(share=False)`` and
 ``Protocol(sequential_test=False)``: one saliency pass row and one whole-test-set pass per
 trajectory, as before issue 13), then with both on (the defaults). It checks that every score
 is equal (each metric's removed units, crossing rates, crossing step, crossed, final accuracy)
@@ -31,7 +31,7 @@ import time
 import torch
 
 # 8 + 6 metrics of two signal groups (masks coincide within a group, and a shared pass saves rows
-# only in a group of more than _BLAS_BLOCK trajectories), weight values, random
+# only in a group of more than BLAS_BLOCK trajectories: protocol.saliency_pass), weight values, random
 TINY_METRICS = tuple(f"activation-taylor-{r}-{c}" for r in ("l1", "l2") for c in ("none", "elements", "layer_l1",
                                                                                     "layer_l2")) + \
     tuple(f"weight-gradient-{r}-{c}" for r in ("l1", "l2") for c in ("none", "elements", "layer_l1")) + \
@@ -62,7 +62,8 @@ def _load() -> str:
 def run_once(setup, share: bool, sequential: bool, progress: bool = False):
     """One run of the prepared cell with sharing and the sequential test as given: its score
     rows, trajectories, work (``CellPruning.work``), wall seconds and the load after it."""
-    from prunetax.benchmarks.protocol import CellPruning, cell_rows
+    from prunetax.benchmarks.cell import Measurement
+    from prunetax.benchmarks.protocol import CellPruning, Network, cell_rows
 
     cell = dataclasses.replace(setup.cell, protocol=dataclasses.replace(setup.cell.protocol,
                                                                          sequential_test=sequential))
@@ -74,7 +75,7 @@ def run_once(setup, share: bool, sequential: bool, progress: bool = False):
             print(f"  step {step}: {pending}/{K} running, {time.perf_counter() - t0:.0f} s, {_load()}",
                   file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    run = CellPruning.of(setup, progress=show, share=share)
+    run = CellPruning(Network.of(setup), cell.metrics, cell.protocol, Measurement(share=share), progress=show)
     run.run()
     if setup.device.type == "cuda":
         torch.cuda.synchronize(setup.device)
@@ -111,11 +112,7 @@ def compare(rows_a, trajs_a, rows_b, trajs_b) -> list[str]:
     return bad
 
 
-def main(argv=None) -> int:
-    from prunetax.benchmarks.cell import Cell, Protocol
-    from prunetax.benchmarks.perf.gpu_cell import resolve_metric_list
-    from prunetax.benchmarks.setup import Env, prepare_cell
-
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto (default cpu)")
@@ -135,9 +132,14 @@ def main(argv=None) -> int:
                     help="run only with the levers on, and read the 'off' work from its counts of what the "
                          "passes would have been without them (for sizes whose 'off' run is too long here; "
                          "no score comparison, no wall ratio)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return ap.parse_args(argv)
+
+
+def make_cell(args):
+    """The cell of ``--size`` with the command line's overrides."""
+    from prunetax.benchmarks.cell import Cell, Protocol
+    from prunetax.benchmarks.perf.gpu_cell import resolve_metric_list
+
     size = dict(SIZES[args.size])
     for key, value in (("metrics", args.metrics), ("schedule", args.schedule), ("units_per_step", args.units_per_step),
                        ("test_images", args.test_images), ("epochs", args.epochs), ("limit", args.train_limit)):
@@ -149,19 +151,28 @@ def main(argv=None) -> int:
     protocol = Protocol(threshold=size["threshold"], schedule=size["schedule"],
                         saliency_batches=size["saliency_batches"], batch_size=size["batch_size"],
                         test_images=size["test_images"], units_per_step=size["units_per_step"])
-    cell = Cell(size["network"], args.dataset, args.seed, metrics, protocol, epochs=size["epochs"],
+    return Cell(size["network"], args.dataset, args.seed, metrics, protocol, epochs=size["epochs"],
                 train_limit=size["limit"])
-    setup = prepare_cell(cell, Env(args.device, args.cache_dir))
-    n_test = len(setup.test_y)
+
+
+def describe(args, setup) -> None:
+    """The machine and the cell, two lines."""
+    cell = setup.cell
+    protocol = cell.protocol
     print(f"# {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {setup.device}")
-    trained = ("the recipe's training" if size["epochs"] is None
-               else f"{size['epochs']} epoch(s) on {size['limit'] or 'all'} images")
+    trained = ("the recipe's training" if cell.epochs is None
+               else f"{cell.epochs} epoch(s) on {cell.train_limit or 'all'} images")
     print(f"# {args.size}: {cell.network}/{cell.dataset} (baseline {setup.baseline_accuracy:.2f} %, {trained}), "
-          f"{len(metrics)} metrics, {protocol.schedule} schedule, {protocol.units_per_step} unit(s) per step, "
-          f"{protocol.saliency_batches * protocol.batch_size} saliency images per step, {n_test} test images, "
-          f"threshold {protocol.threshold}, target {protocol.target(setup.baseline_accuracy):.2f} %, "
+          f"{len(cell.metrics)} metrics, {protocol.schedule} schedule, {protocol.units_per_step} unit(s) per step, "
+          f"{protocol.saliency_batches * protocol.batch_size} saliency images per step, {len(setup.test_y)} test "
+          f"images, threshold {protocol.threshold}, target {protocol.target(setup.baseline_accuracy):.2f} %, "
           f"sequential_delta {protocol.sequential_delta:g}")
+
+
+def run_both(args, setup) -> dict:
+    """The 'off' run (unless ``--only-on``) and the 'on' run, each with a line of its work:
+    {name: (rows, trajectories, work, wall seconds)}."""
     runs = {}
     for name, share, seq in (("off", False, False), ("on", True, True)):
         if name == "off" and args.only_on:
@@ -176,21 +187,30 @@ def main(argv=None) -> int:
               f"{work['test_images_exhaustive']:,}); work {flop_work(work):.3g} forward-MAC; "
               f"wall {wall:.1f} s (load {l0:.1f} before, {l1:.1f} after); "
               f"decisions overturned {work['test_decisions_reversed']}", flush=True)
-    rb, tb, wb, sb = runs["on"]
+    return runs
+
+
+def off_run(runs: dict) -> tuple[dict, float | None, list[str]]:
+    """``(work, wall seconds, metrics that differ)`` of the 'off' run, checked against the 'on'
+    run; without an 'off' run (``--only-on``), the 'on' run's counts of the passes without the
+    levers, no wall time and no check."""
+    rb, tb, wb, _ = runs["on"]
     counted = counted_off(wb)
-    if args.only_on:
-        wa, sa, bad = counted, None, []
+    if "off" not in runs:
         print("off: not run (--only-on); its work is the 'on' run's count of the passes without sharing and "
               "on the whole test set: " + ", ".join(f"{k} {v:.4g}" for k, v in counted.items()))
-    else:
-        ra, ta, wa, sa = runs["off"]
-        bad = compare(ra, ta, rb, tb)
-        same = all(wa[k] == counted[k] for k in counted if k.endswith("_images"))
-        print(f"scores: {len(ra) - len(bad)} of {len(ra)} metrics equal (removed units, crossing rates, step, "
-              f"crossed, final accuracy){'; differ: ' + ', '.join(bad[:8]) if bad else ''}")
-        print(f"the 'on' run's counts of the passes without the levers equal the 'off' run's image-passes: {same}")
-        bad += [] if same else ["(counts)"]
+        return counted, None, []
+    ra, ta, wa, sa = runs["off"]
+    bad = compare(ra, ta, rb, tb)
+    same = all(wa[k] == counted[k] for k in counted if k.endswith("_images"))
+    print(f"scores: {len(ra) - len(bad)} of {len(ra)} metrics equal (removed units, crossing rates, step, "
+          f"crossed, final accuracy){'; differ: ' + ', '.join(bad[:8]) if bad else ''}")
+    print(f"the 'on' run's counts of the passes without the levers equal the 'off' run's image-passes: {same}")
+    return wa, sa, bad + ([] if same else ["(counts)"])
 
+
+def print_ratios(wa: dict, sa: float | None, wb: dict, sb: float) -> None:
+    """One line per ratio off / on, each ending ``ratio: X`` (the wall time's only with an 'off' run)."""
     def ratio(a, b):
         return a / b if b else float("inf")
     print(f"saliency image-passes off/on: {wa['saliency_images']:,} / {wb['saliency_images']:,} "
@@ -205,6 +225,20 @@ def main(argv=None) -> int:
         print(f"wall time off/on ({_load()}): {sa:.1f} s / {sb:.1f} s ratio: {ratio(sa, sb):.2f}")
     else:
         print(f"wall time on ({_load()}): {sb:.1f} s (off not run: no ratio)")
+
+
+def main(argv=None) -> int:
+    from prunetax.benchmarks.setup import Env, prepare_cell
+
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup = prepare_cell(make_cell(args), Env(args.device, args.cache_dir))
+    describe(args, setup)
+    runs = run_both(args, setup)
+    wa, sa, bad = off_run(runs)
+    _, _, wb, sb = runs["on"]
+    print_ratios(wa, sa, wb, sb)
     return 1 if bad else 0
 
 

@@ -2,7 +2,7 @@
 
 The plain loop is the protocol as one would first write it: one metric at a time, saliencies
 from ``prunetax.metrics.saliencies`` on the current mask, the argmin unit removed, test accuracy after
-every step. The harness runs all metrics' trajectories together (``prune``, fast schedule).
+every step. The harness runs all metrics' trajectories together (``CellPruning``, fast schedule).
 Both read the same saliency images at each step, so their removal sequences are the same and
 their crossings must agree. Prints a table, then ``ratio: X`` (loop time / harness time) last.
 
@@ -21,17 +21,20 @@ DEFAULT_METRICS = ("weight-value-l1-none,weight-value-l2-weights_removed,activat
                    "activation-gradient-abs_sum-elements,activation-value-l2-weights_removed,random")
 
 
-def plain_loop(model, structure, masked, data, metric_text, protocol, seed, device, baseline):
-    """One metric, every step evaluated, nothing batched: the reference."""
-    from prunetax.benchmarks.protocol import _crossing, _Pruner, resolve_metrics
+def plain_loop(network, metric_text: str, protocol):
+    """One metric pruning ``network`` (a ``prunetax.benchmarks.protocol.Network``) under
+    ``protocol``, every step evaluated, nothing batched: the reference. Returns the crossing
+    (``prunetax.benchmarks.protocol.crossing``)."""
+    from prunetax.benchmarks.protocol import Pruner, crossing, resolve_metrics
     from prunetax.metrics import saliencies
 
-    pr = _Pruner(model, structure, masked, data, protocol, seed, device)
+    model, structure, masked, device = network.model, network.structure, network.masked, network.device
+    pr = Pruner(network, protocol)
     t = resolve_metrics([metric_text], structure)[0]
     keep = torch.ones(structure.num_units, dtype=torch.bool, device=device)
-    gen = torch.Generator().manual_seed(seed)
-    t.accuracy[0] = baseline
-    target = baseline - protocol.threshold
+    gen = torch.Generator().manual_seed(network.seed)
+    t.accuracy[0] = network.baseline_accuracy
+    target = protocol.target(network.baseline_accuracy)
     step = 0
     while True:
         ok = pr.removable(keep[None])[0]
@@ -41,7 +44,7 @@ def plain_loop(model, structure, masked, data, metric_text, protocol, seed, devi
         if t.run_metric == "random":
             score = torch.rand(pr.U, generator=gen, dtype=torch.float64).to(device)
         else:
-            x, y = pr.saliency_images(step)
+            x, y = pr.saliency.images(step)
             score = saliencies(model, structure, [(x, y)], [t.run_metric], keep=keep,
                                masked=masked).unit_saliency(t.run_metric).to(device)
         score = torch.where(ok, score, torch.full_like(score, float("inf")))
@@ -50,10 +53,10 @@ def plain_loop(model, structure, masked, data, metric_text, protocol, seed, devi
         t.removed.append(u)
         t.step_end.append(len(t.removed))
         t.rates.append(pr.rates(keep[None])[0])
-        t.accuracy[step] = pr.accuracy(keep[None])[0]
+        t.accuracy[step] = pr.tests.accuracy(keep[None])[0]
         if t.accuracy[step] < target:
             break
-    return _crossing(t, target)
+    return crossing(t, target)
 
 
 def main(argv=None) -> None:
@@ -70,25 +73,24 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from prunetax.benchmarks.cell import Cell, Protocol
-    from prunetax.benchmarks.protocol import _crossing, prune
+    from prunetax.benchmarks.protocol import CellPruning, Network, crossing
     from prunetax.benchmarks.setup import Env, prepare_cell
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     proto = Protocol(test_images=args.test_images, saliency_batches=args.saliency_batches)
     setup = prepare_cell(Cell(args.model, args.dataset, args.seed, tuple(metrics), proto, args.epochs),
                          Env.from_args(args))
-    dev, model, st, masked, data = setup.device, setup.model, setup.structure, setup.masked, setup.data
-    baseline = setup.baseline_accuracy
-    target = baseline - proto.threshold
+    network, dev, baseline = Network.of(setup), setup.device, setup.baseline_accuracy
+    target = proto.target(baseline)
 
     t0 = time.perf_counter()
-    trajs = prune(model, st, masked, data, metrics, proto, args.seed, dev, baseline)
+    trajs = CellPruning(network, metrics, proto).run()
     batched_s = time.perf_counter() - t0
-    batched = {t.name: _crossing(t, target) for t in trajs}
+    batched = {t.name: crossing(t, target) for t in trajs}
 
     t0 = time.perf_counter()
-    loop = {m: plain_loop(model, st, masked, data, m, Protocol(**{**proto.to_dict(), "schedule": "exact"}),
-                          args.seed, dev, baseline) for m in metrics}
+    exact = Protocol(**{**proto.to_dict(), "schedule": "exact"})
+    loop = {m: plain_loop(network, m, exact) for m in metrics}
     loop_s = time.perf_counter() - t0
 
     print(f"# {args.model} / {args.dataset}, {len(metrics)} metrics, {args.test_images} test images, "

@@ -39,8 +39,9 @@ def command(argv: list[str], fake: bool) -> list[str]:
 
 
 # ------------------------------------------------------------------ the fake runner (--fake)
-def fake_run_cell(cell, env=None, progress=False, **checkpointing):
-    """Deterministic rows and trajectories from the cell alone, after a short sleep (grid._run_cell's signature)."""
+def fake_run_cell(cell, env=None, options=None):
+    """Deterministic rows and trajectories from the cell alone, after a short sleep (the signature of
+    ``prunetax.benchmarks.protocol.run_cell``, which a grid runs)."""
     from prunetax.benchmarks.cell import CellResult
     from prunetax.benchmarks.results import ROW_COLUMNS
 
@@ -61,23 +62,24 @@ def fake_run_cell(cell, env=None, progress=False, **checkpointing):
     return CellResult(cell, rows, traj, 0.4)
 
 
-def dying_run_cell(cell, env=None, progress=False, checkpoint=None, **kw):
+def dying_run_cell(cell, env=None, options=None):
     """``fake_run_cell``, except that the first attempt at each cell kills its own worker process
-    (SIGKILL, as a lost node would) after leaving a mark beside the cell's state: a backend that
-    runs the cell again elsewhere completes the grid."""
-    mark = Path(f"{checkpoint}.died")
+    (SIGKILL, as a lost node would) after leaving a mark beside the cell's state file
+    (``options.checkpoint``): a backend that runs the cell again elsewhere completes the grid."""
+    mark = Path(f"{options.checkpoint}.died")
     if not mark.exists():
         mark.parent.mkdir(parents=True, exist_ok=True)
         mark.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
-    return fake_run_cell(cell, env, progress)
+    return fake_run_cell(cell, env, options)
 
 
 def _child_fake(argv: list[str]) -> int:
-    import prunetax.benchmarks.grid
+    """``prunetax ARGV`` with ``fake_run_cell`` as ``protocol.run_cell``, what a grid runs by default."""
+    from prunetax.benchmarks import protocol
     from prunetax.benchmarks.cli import main
 
-    prunetax.benchmarks.grid._run_cell = fake_run_cell
+    protocol.run_cell = fake_run_cell
     return main(argv)
 
 

@@ -33,16 +33,17 @@ def _reference_linear(x, w2):
 
 
 def _timed(curvature, twin: str, fn):
-    """(seconds, result) of ``fn()`` with the twin as built, or with the reference twin patched in."""
-    built = curvature._twin_conv, curvature._twin_linear
+    """(seconds, result) of ``fn()`` with the twin as built, or with the reference twin patched in
+    (the twin's layer operations ``curvature.twin_conv`` / ``twin_linear``, public for this)."""
+    built = curvature.twin_conv, curvature.twin_linear
     if twin == "reference":
-        curvature._twin_conv, curvature._twin_linear = _reference_conv, _reference_linear
+        curvature.twin_conv, curvature.twin_linear = _reference_conv, _reference_linear
     try:
         t0 = time.perf_counter()
         out = fn()
         return time.perf_counter() - t0, out
     finally:
-        curvature._twin_conv, curvature._twin_linear = built
+        curvature.twin_conv, curvature.twin_linear = built
 
 
 def main(argv=None) -> None:

@@ -1,12 +1,13 @@
 """Issue 13: test images the sequential test reads per decision, under the exact hypergeometric
-test it uses (``protocol._decide``) against the Chernoff-Hoeffding bound it used before (the
-reference, written out below), both at the default delta 1e-9 per decision.
+test it uses (``prunetax.benchmarks.protocol.sequential.decide``) against the Chernoff-Hoeffding
+bound it used before (the reference, written out below), both at the default delta 1e-9 per
+decision.
 
     python -m benchmarks.perf.sequential_bound [--orders 200]
 
 For each case (test-set size N, a mask's whole-set accuracy, the target), a set of N images with
 that many right is read in ``--orders`` random orders at the protocol's checks
-(``protocol._chunk_ends``); each rule stops at the first check where it decides. Prints the mean
+(``sequential.chunk_ends``); each rule stops at the first check where it decides. Prints the mean
 images read under each rule, the share of decisions each got wrong (a decision on the wrong
 side of the target), and one line per case ending ``ratio: X`` (reference / exact). Counts, not
 times: the result does not depend on the machine or its load.
@@ -48,7 +49,7 @@ def decide_chernoff(c: int, n: int, N: int, cstar: int, log_bound: float):
 
 
 def main(argv=None) -> None:
-    from prunetax.benchmarks.protocol import _chunk_ends, _decide
+    from prunetax.benchmarks.protocol.sequential import chunk_ends, decide
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--orders", type=int, default=200, help="random orders per case (default 200)")
@@ -60,7 +61,7 @@ def main(argv=None) -> None:
     print(f"# sequential_bound: {args.orders} random orders per case, delta {args.delta:g} per decision; "
           f"images read until the side of the target is decided (the whole set if never)")
     for N, acc, target in CASES:
-        ends = _chunk_ends(N)
+        ends = chunk_ends(N)
         log_bound = math.log(len(ends) / args.delta)
         cstar = math.ceil(target * N / 100 - 1e-9)
         right = torch.zeros(N, dtype=torch.long)
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
         wrong = {"chernoff": 0, "exact": 0}
         for _ in range(args.orders):
             seen = right[torch.randperm(N, generator=g)].cumsum(0).tolist()
-            for name, rule in (("chernoff", decide_chernoff), ("exact", _decide)):
+            for name, rule in (("chernoff", decide_chernoff), ("exact", decide)):
                 for n in ends:
                     side = rule(seen[n - 1], n, N, cstar, log_bound)
                     if side is not None:
