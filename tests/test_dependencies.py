@@ -10,7 +10,14 @@ that calls ``importlib.import_module``). The rules:
 (c) ``enumerate`` imports only ``taxonomy`` (and itself);
 (d) ``metrics`` imports only ``taxonomy`` and ``metrics``;
 (e) nothing imports the bare names ``taxonomy``, ``metrics``, ``enumerate``, ``benchmarks``: the
-    folders install and import only as ``prunetax.<part>``.
+    folders install and import only as ``prunetax.<part>``;
+(f) inside ``metrics``, a module imports only the modules below it (``METRICS_ORDER``): the
+    component kernels never import the engine.
+
+One kind of edge is left out of the graph: a deprecation shim's import of a name's new home
+(``DEPRECATION_SHIMS``), made inside a module ``__getattr__`` only when the old name is asked for
+(``BaselineError`` moved from taxonomy to the harness). ``test_shims_are_lazy`` checks that it
+stays inside a function.
 
 A failure lists every violation, one per line, with the file and line of the import.
 """
@@ -82,11 +89,17 @@ def _imports(module: str, path: Path):
             yield node.value, node.lineno, "lazy"
 
 
+# module -> the modules its deprecation shims import on demand (a moved name's new home)
+DEPRECATION_SHIMS = {"prunetax.taxonomy.errors": {"prunetax.benchmarks.errors"}}
+
+
 def _graph():
     edges: dict[str, dict[str, tuple[int, str]]] = defaultdict(dict)
     raw = []
     for module, path in FILES.items():
         for name, line, how in _imports(module, path):
+            if name in DEPRECATION_SHIMS.get(module, ()):
+                continue
             raw.append((module, name, line, how))
             if name in MODULES and name != module:
                 edges[module].setdefault(name, (line, how))
@@ -197,3 +210,30 @@ def test_no_bare_part_names():
     bad = [f"{_where(module, line)}: {module} imports {name} ({how}); write prunetax.{name}"
            for module, name, line, how in RAW if name.split(".")[0] in PARTS]
     assert not bad, _report("imports of a bare part name", bad)
+
+
+# metrics/ from the bottom up: a module imports only metrics modules earlier in this list (its own
+# package's ``__init__`` aside). ``kernels`` (the component registries, base inputs included)
+# imports nothing of metrics, so registering or running a kernel never pulls the engine in.
+METRICS_ORDER = ("_types", "_fx_rules", "_trace", "structure", "masking", "curvature", "signals", "kernels",
+                 "engine.plan", "engine.sites", "engine.stream", "engine.finalize", "engine", "saliency")
+
+
+def test_metrics_modules_import_from_below():
+    rank = {f"prunetax.metrics.{m}": i for i, m in enumerate(METRICS_ORDER)}
+    assert {m for m in MODULES if _part(m) == "metrics"} - set(rank) == {"prunetax.metrics"}
+    bad = [f"{_where(module, line)}: {module} imports {name}"
+           for module, name, line, how in RAW if module in rank and name in rank and rank[name] >= rank[module]]
+    assert EDGES["prunetax.metrics.kernels"].keys().isdisjoint(rank)
+    assert not bad, _report("metrics imports against the order _types -> ... -> saliency", bad)
+
+
+def test_shims_are_lazy():
+    """A deprecation shim imports the new home inside a function, never at import time."""
+    for module, targets in DEPRECATION_SHIMS.items():
+        tree = ast.parse(FILES[module].read_text())
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        named = {a.name for n in top for a in n.names} | {n.module for n in top if isinstance(n, ast.ImportFrom)}
+        assert not (named & targets), (module, named & targets)
+        inside = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert targets <= inside, (module, targets - inside)

@@ -181,7 +181,7 @@ def test_to_arrow_keeps_the_names_asked_for(one_thread):
 # --- a command that trains says so first ---------------------------------------------------------
 
 def test_training_notice_words():
-    from prunetax.benchmarks.commands.train import _duration, training_notice
+    from prunetax.benchmarks.commands.train import duration, training_notice
     from prunetax.benchmarks.training import recipe_for
 
     data = SimpleNamespace(name="mnist", train_y=torch.zeros(55000))
@@ -190,5 +190,5 @@ def test_training_notice_words():
         "prunetax saliency: no cached baseline of lenet5 on mnist (seed 0, 2 epochs); training it now: 2 epochs x "
         "55,000 images (860 steps of 128), roughly 7 min on cpu at 0.5 s a step (timed here just now; the "
         "machine's load changes it)")
-    assert [_duration(s) for s in (0.2, 42, 89.6, 90, 3600, 5400, 36000)] == [
+    assert [duration(s) for s in (0.2, 42, 89.6, 90, 3600, 5400, 36000)] == [
         "1 s", "42 s", "90 s", "2 min", "60 min", "1.5 h", "10.0 h"]
