@@ -536,12 +536,13 @@ def _weight(sites, sig, B, layer, consumer):
 
 
 def _bn_signals(structure, spec, reads, consumers):
-    """The per-image gradients of every producer's own BatchNorm (it must have one)."""
+    """The per-image gradients of every producer's own BatchNorm (it must have one), when the
+    pointwise reads g or h (the parameters' values read no pass)."""
     missing = [p for p in structure.producers if structure.layers[p].bn is None]
     if missing:
         raise PrunetaxError(f"metric {spec} reads BatchNorm parameters but producer '{missing[0]}' has no "
                             "BatchNorm of its own; use a weight or activation metric on this network")
-    return {"bn": structure.producers}
+    return {"bn": structure.producers} if reads else {}
 
 
 def _bn_counts(sites, layer, consumer):

@@ -149,6 +149,28 @@ def test_weight_values_alone_need_no_image_pass():
             assert_same(alone[m][p], with_images[m][p], f"{m} {p}")
 
 
+def test_batchnorm_values_alone_by_hand():
+    """BatchNorm parameter values evaluated on their own (the protocol's signal group for
+    network_slimming) need no image pass and equal |gamma|, gamma^2, |beta| per channel, by hand
+    in float64; they used to fail in bn_grads, whose output gradient no pass had formed."""
+    model, st, x, y, _ = make("resnet")
+    metrics = ["bn_weight-value-l1-none", "bn_weight-value-l2-none", "bn_bias-value-l1-none"]
+
+    def never():
+        raise AssertionError("no image pass is needed")
+    masked = MaskedModel(model, st)
+    assert not MetricEvaluator(masked, st, metrics, None).needs_images
+    for batches in (never, [(x, y)]):
+        values = evaluate_metrics(masked, st, metrics, batches)
+        assert values.images == 0
+        for p in st.producers:
+            bn = model.get_submodule(st.layers[p].bn)
+            want = {"bn_weight-value-l1-none": bn.weight.abs(), "bn_weight-value-l2-none": bn.weight ** 2,
+                    "bn_bias-value-l1-none": bn.bias.abs()}
+            for m in metrics:
+                assert_same(values[parse_metric(m)][p][0], want[m].detach().double(), f"{m} {p}")
+
+
 def test_evaluators_sharing_a_model_keep_their_own_masks():
     """Making an evaluator leaves the shared model's mask as it was; each update that runs an
     image pass sets the evaluator's own masks first, so two evaluators fed in turn on one model
