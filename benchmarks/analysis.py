@@ -10,7 +10,9 @@ Kendall's tau-b between the rankings of the units of a network by every pair of 
 the baseline; clusters of metrics that rank alike (average linkage on 1 - rho); and, from a
 results folder, the overlap of two metrics' first n removals.
 
-Only numpy: the t quantile and Kendall's tau-b are computed here (tests check them by hand).
+Only numpy: the t quantile and p-value and Kendall's tau-b are computed here (tests check them
+by hand and against scipy). The effects' p-values are corrected within each ``by`` group
+(``ranking.correction``: Holm's step-down, or none).
 """
 from __future__ import annotations
 
@@ -22,11 +24,14 @@ import numpy as np
 from prunetax.taxonomy.errors import PrunetaxError
 from prunetax.taxonomy.vocab import AXES
 
-__all__ = ["AXES", "component_effects", "EFFECT_COLUMNS", "t_quantile", "mean_ci", "level_order", "average_ranks",
-           "rank_similarity", "clusters", "removal_overlap", "rate_gap", "alike", "RHO_BINS"]
+__all__ = ["AXES", "component_effects", "EFFECT_COLUMNS", "t_quantile", "mean_ci", "t_pvalue", "t_interval_at",
+           "level_order", "average_ranks", "rank_similarity", "clusters", "removal_overlap", "rate_gap", "alike", "RHO_BINS"]
 
 EFFECT_COLUMNS = ("axis", "level_a", "level_b", "n_pairs", "n_cells", "n_identical", "n_censored", "mean_diff",
-                  "sd", "ci_low", "ci_high", "cell_ci_low", "cell_ci_high", "b_better", "confidence")
+                  "sd", "ci_low", "ci_high", "cell_ci_low", "cell_ci_high", "b_better", "confidence",
+                  # the tests of the two intervals and their correction within the family (ranking.correction)
+                  "p", "cell_p", "correction", "n_family", "p_adj", "adj_level", "adj_ci_low", "adj_ci_high",
+                  "n_cell_family", "cell_p_adj", "cell_adj_level", "cell_adj_ci_low", "cell_adj_ci_high")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +110,29 @@ def mean_ci(values: Sequence[float], confidence: float) -> tuple[float | None, f
     return sd, float(v.mean() - half), float(v.mean() + half)
 
 
+def t_pvalue(values: Sequence[float]) -> float | None:
+    """The two-sided p-value of the one-sample t test of mean 0 over ``values`` (the test of
+    ``mean_ci``'s interval: it excludes 0 at level c exactly when p <= 1 - c). None under two
+    values; with no spread (sd 0) 1 when the mean is 0, else 0."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return None
+    mean, sd, df = float(v.mean()), float(v.std(ddof=1)), len(v) - 1
+    if sd == 0.0:
+        return 1.0 if mean == 0.0 else 0.0
+    t = mean / (sd / math.sqrt(len(v)))
+    return min(1.0, _betainc(df / 2.0, 0.5, df / (df + t * t)))
+
+
+def t_interval_at(low: float, high: float, n: int, confidence: float, level: float) -> tuple[float, float]:
+    """The t interval of the mean at ``level`` from ``mean_ci``'s (low, high) at ``confidence``
+    over ``n`` values: same centre and standard error, the half-width scaled by the ratio of the
+    two t quantiles (n - 1 degrees of freedom)."""
+    centre, half = (low + high) / 2.0, (high - low) / 2.0
+    scale = t_quantile(0.5 + level / 2, n - 1) / t_quantile(0.5 + confidence / 2, n - 1)
+    return centre - half * scale, centre + half * scale
+
+
 # ---------------------------------------------------------------------------------------------
 # Component effects
 
@@ -124,8 +152,51 @@ def _baseline_of(cell: str, row: dict) -> tuple:
     return ("cell", cell) if digest is None else (digest, row.get("protocol"))
 
 
+def _comparison(items: list, keep_censored: bool, confidence: float) -> dict:
+    """The statistics of one comparison from its pairs ``[(cell, row a, row b)]``."""
+    kept = [(c, a, b) for c, a, b in items if keep_censored or (a.get("crossed") and b.get("crossed"))]
+    diffs = [b["conv_weights_removed_pct"] - a["conv_weights_removed_pct"] for _, a, b in kept]
+    per_cell: dict[tuple, list[float]] = {}
+    for (c, ra, _), d in zip(kept, diffs):
+        per_cell.setdefault(_baseline_of(c, ra), []).append(d)
+    cell_means = [float(np.mean(v)) for v in per_cell.values()]
+    sd, lo, hi = mean_ci(diffs, confidence)
+    _, clo, chi = mean_ci(cell_means, confidence)
+    return {"n_pairs": len(diffs), "n_cells": len(per_cell),
+            "n_identical": sum(1 for _, a, b in kept
+                               if a.get("ran_as") is not None and a.get("ran_as") == b.get("ran_as")),
+            "n_censored": len(items) - len(kept),
+            "mean_diff": float(np.mean(diffs)) if diffs else None, "sd": sd, "ci_low": lo, "ci_high": hi,
+            "cell_ci_low": clo, "cell_ci_high": chi,
+            "b_better": float(np.mean([d > 0 for d in diffs])) if diffs else None,
+            "confidence": confidence, "p": t_pvalue(diffs), "cell_p": t_pvalue(cell_means)}
+
+
+# the two tests of a comparison (over the pairs, over the cells) and the columns of their correction
+_TESTS = ({"p": "p", "n": "n_pairs", "low": "ci_low", "high": "ci_high", "p_adj": "p_adj", "level": "adj_level",
+           "adj_low": "adj_ci_low", "adj_high": "adj_ci_high", "family": "n_family"},
+          {"p": "cell_p", "n": "n_cells", "low": "cell_ci_low", "high": "cell_ci_high", "p_adj": "cell_p_adj",
+           "level": "cell_adj_level", "adj_low": "cell_adj_ci_low", "adj_high": "cell_adj_ci_high",
+           "family": "n_cell_family"})
+
+
+def _correct_effects(out: list[dict], by: tuple, correction: str, confidence: float) -> None:
+    """Each ``by`` group's comparisons are one family, for each of the two tests; a comparison
+    whose every pair ran as one metric (a difference of 0 by construction) is not in it."""
+    from prunetax.benchmarks.ranking.correction import correct
+
+    groups: dict[tuple, list[dict]] = {}
+    for e in out:
+        e["correction"] = correction
+        groups.setdefault(tuple(e[b] for b in by), []).append(e)
+    for family in groups.values():
+        for names in _TESTS:
+            correct(family, names, correction, confidence, interval=t_interval_at,
+                    identity=lambda e: None if e["n_identical"] == e["n_pairs"] else id(e))
+
+
 def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: float = 0.95,
-                      keep_censored: bool = False) -> list[dict]:
+                      keep_censored: bool = False, correction: str = "holm") -> list[dict]:
     """Paired differences per axis and pair of its levels (module docstring), from score rows.
 
     ``rows``: ``read_scores(...).to_pylist()``. Metrics enter with all six components known
@@ -139,11 +210,19 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
     baseline: read it as the spread over metrics); ``cell_ci_*``: t interval over the cells'
     mean differences (null under two cells), where cells run on one baseline under one protocol
     (two grids' cells of one seed) count as one cell, as in ``n_cells``. ``b_better``: fraction
-    of pairs with b > a.
-    Grouped by ``by`` (score columns) too. Returns one dict per comparison (``by`` + EFFECT_COLUMNS).
+    of pairs with b > a. ``p``, ``cell_p``: the two-sided t tests of those intervals.
+    ``correction`` (holm, none; ``ranking.correction``): within each ``by`` group's comparisons
+    (the family; less those whose every pair ran as one metric) the adjusted p-values
+    (``p_adj``, ``cell_p_adj``), the corrected intervals (``adj_ci_*``, ``cell_adj_ci_*``) and
+    their levels (``adj_level``, ``cell_adj_level``), the family's size (``n_family``,
+    ``n_cell_family``). Grouped by ``by`` (score columns) too. Returns one dict per comparison
+    (``by`` + EFFECT_COLUMNS).
     """
+    from prunetax.benchmarks.ranking.correction import check_correction
+
     if not 0 < confidence < 1:
         raise PrunetaxError(f"confidence must be in (0, 1), got {confidence}")
+    check_correction(correction)
     by = tuple(by)
     spec: dict[tuple, dict] = {}
     for r in rows:
@@ -171,24 +250,10 @@ def component_effects(rows: Sequence[dict], by: Sequence[str] = (), confidence: 
                     pairs.setdefault(group, []).append((cell, ra, rb))
         levels = {v: i for i, v in enumerate(level_order(axis, {v for g in pairs for v in g[-2:]}))}
         for group in sorted(pairs, key=lambda g: (tuple(str(v) for v in g[:len(by)]), levels[g[-2]], levels[g[-1]])):
-            items = pairs[group]
-            kept = [(c, a, b) for c, a, b in items if keep_censored or (a.get("crossed") and b.get("crossed"))]
-            diffs = [b["conv_weights_removed_pct"] - a["conv_weights_removed_pct"] for _, a, b in kept]
-            per_cell: dict[tuple, list[float]] = {}
-            for (c, ra, _), d in zip(kept, diffs):
-                per_cell.setdefault(_baseline_of(c, ra), []).append(d)
-            sd, lo, hi = mean_ci(diffs, confidence)
-            _, clo, chi = mean_ci([float(np.mean(v)) for v in per_cell.values()], confidence)
             out.append({**dict(zip(by, group[:len(by)])), "axis": axis, "level_a": group[-2], "level_b": group[-1],
-                        "n_pairs": len(diffs), "n_cells": len(per_cell),
-                        "n_identical": sum(1 for _, a, b in kept if a.get("ran_as") is not None
-                                           and a.get("ran_as") == b.get("ran_as")),
-                        "n_censored": len(items) - len(kept),
-                        "mean_diff": float(np.mean(diffs)) if diffs else None, "sd": sd, "ci_low": lo, "ci_high": hi,
-                        "cell_ci_low": clo, "cell_ci_high": chi,
-                        "b_better": float(np.mean([d > 0 for d in diffs])) if diffs else None,
-                        "confidence": confidence})
-    return out
+                        **_comparison(pairs[group], keep_censored, confidence)})
+    _correct_effects(out, by, correction, confidence)
+    return [{**{b: e[b] for b in by}, **{c: e[c] for c in EFFECT_COLUMNS}} for e in out]
 
 
 def effects_figure(plt, effects: list[dict], title: str, by: Sequence[str] = ()):

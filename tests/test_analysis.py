@@ -31,6 +31,24 @@ def test_t_quantile_against_the_table():
     assert t_quantile(0.025, 10) == pytest.approx(-T975[10], rel=1e-9)
 
 
+def test_t_pvalue_and_interval_at_another_level_against_scipy():
+    from scipy import stats
+
+    from prunetax.benchmarks.analysis import mean_ci, t_interval_at, t_pvalue
+
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 4, 8, 31):
+        for shift in (0.0, 0.4, 2.0):
+            v = list(rng.normal(shift, 1.0, size=n))
+            assert t_pvalue(v) == pytest.approx(stats.ttest_1samp(v, 0.0).pvalue, rel=1e-8, abs=1e-14)
+            _, lo, hi = mean_ci(v, 0.95)
+            half = stats.t.ppf(1 - 0.01 / 2, n - 1) * stats.sem(v)
+            assert t_interval_at(lo, hi, n, 0.95, 0.99) == pytest.approx((np.mean(v) - half, np.mean(v) + half))
+    # one degree of freedom by hand: p = 1 - 2/pi atan(|t|); (2.5, 3.5): mean 3, sd sqrt(0.5), t = 3 / 0.5 = 6
+    assert t_pvalue([2.5, 3.5]) == pytest.approx(1 - 2 / math.pi * math.atan(6.0))
+    assert t_pvalue([1.0]) is None and t_pvalue([0.0, 0.0]) == 1.0 and t_pvalue([2.0, 2.0]) == 0.0
+
+
 def test_average_ranks_by_hand():
     got = average_ranks(np.array([[3.0, 1.0, 2.0, 2.0, np.inf, np.inf]]))
     assert got.tolist() == [[4.0, 1.0, 2.5, 2.5, 5.5, 5.5]]

@@ -197,7 +197,7 @@ def test_table_markdown_html_say_what_they_show(results, tmp_path, capsys):
     assert cli_main(["leaderboard", str(results), "--format", "markdown", "--top", "2"]) == 0
     md = capsys.readouterr().out
     assert md.count("### ") == 4 and md.count("Top 2 of 6 metrics shown.") == 1 and "| ±2σ |" in md
-    assert "| 2 | weight-value-l1-none | 1 | 1/1 | 20.00 | n/a | 20.00 | 20.00 |" in md
+    assert "| 2 | n/a | weight-value-l1-none | 1 | 1/1 | 20.00 | n/a | 20.00 | 20.00 |" in md   # one seed: no rank interval
     assert cli_main(["leaderboard", str(results), "--format", "html", "--out", str(tmp_path / "b.html")]) == 0
     html = (tmp_path / "b.html").read_text()
     assert html.count("<h3>") == 4 and html.count("<tr>") == 4 + 13 and "≥99.90" in html
@@ -270,8 +270,9 @@ def test_versus_a_metric_by_hand(results):
     from prunetax.benchmarks.results import read_scores
 
     board = rank_scores(read_scores(results), versus=W)
-    assert board.column_names[-7:] == ["versus", "vs_n", "vs_censored", "vs_mean", "vs_ci_low", "vs_ci_high",
-                                       "vs_better"]
+    assert board.column_names[-14:] == ["versus", "vs_n", "vs_censored", "vs_mean", "vs_ci_low", "vs_ci_high",
+                                        "vs_better", "vs_p", "vs_correction", "vs_family", "vs_p_adj", "vs_adj_level",
+                                        "vs_adj_low", "vs_adj_high"]
     g = {r["metric_id"]: r for r in board.to_pylist() if "epochs=2" in r["group"] and r["threshold"] == 5.0}
     # A - W on seeds 0, 1, 2: 10, 8, 15
     d = [10.0, 8.0, 15.0]
@@ -313,7 +314,7 @@ def test_versus_an_axis_level_and_selection(tmp_path, capsys):
                      "--versus", "scaling=none"]) == 0
     text = capsys.readouterr().out
     lines = [ln for ln in text.splitlines() if ln.startswith(("1 ", "2 ", "3 ", "4 "))]
-    assert [ln.split()[:2] for ln in lines] == [["1", l2], ["2", W]]
+    assert [ln.split()[:4] for ln in lines] == [["1", "[1,", "1]", l2], ["2", "[2,", "2]", W]]
     assert f"{5.5:+.2f}" in lines[0] and f"[{5.5 - half:+.2f}, {5.5 + half:+.2f}]" in lines[0]
     assert "(2 of 4 metrics shown; rank among all 4)" in text and "diff: mean over the cells" in text
     for args, words in ((["--metrics", "weight-value-l1-nine"], "did you mean 'weight-value-l1-none'"),
@@ -365,3 +366,113 @@ def test_the_table_records_its_confidence(results):
     assert "95% ci" in render(back.replace_schema_metadata(None), "html")
     with pytest.raises(PrunetaxError, match=r"confidence must be in \(0, 1\)"):
         leaderboard(results, versus=W, confidence=1.0)
+
+
+# ------------------------------------------------------------------ distinct metrics and rank intervals
+
+def test_aliases_are_one_entry_and_ties_share_a_rank(tmp_path, capsys):
+    """``filter_l1`` ran as weight-value-l1-none: one entry, listed under the spec id with its alias;
+    weight-value-l2-elements has weight-value-l2-none's rates but is another metric: a tie, one rank."""
+    from prunetax.benchmarks.ranking import rank_scores
+    from prunetax.benchmarks.results import read_scores
+    from test_correction import RATES, write_board
+
+    l2e = "weight-value-l2-elements"
+    write_board(tmp_path / "R", {**RATES, l2e: RATES["weight-value-l2-none"]})
+    rows = {r["metric_id"]: r for r in rank_scores(read_scores(tmp_path / "R")).to_pylist()}
+    # means by hand: A 54.25, weight-value-l2-none = l2e 43.5, W = filter_l1 42.5, C 31.5, random 18.75
+    want = {A: 1, "weight-value-l2-none": 2, l2e: 2, W: 4, "filter_l1": 4, "activation-taylor-l1-none": 5,
+            "random": 6}
+    assert {m: r["distinct_rank"] for m, r in rows.items()} == want
+    assert {r["n_distinct"] for r in rows.values()} == {6} and {r["n_metrics"] for r in rows.values()} == {7}
+    assert (rows[W]["entry"], rows[W]["aliases"]) == (W, "filter_l1")
+    assert (rows["filter_l1"]["entry"], rows["filter_l1"]["aliases"]) == (W, W)
+    assert rows[l2e]["aliases"] == "" and rows[l2e]["entry"] == l2e
+    # rank (every id, ties broken by id) is unchanged: filter_l1 4 before W 5
+    assert [rows[m]["rank"] for m in (A, l2e, "weight-value-l2-none", "filter_l1", W)] == [1, 2, 3, 4, 5]
+    # the text: one line per distinct metric, the alias after '='
+    assert cli_main(["leaderboard", str(tmp_path / "R"), "--resamples", "0"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln[:1].isdigit()]
+    assert len(lines) == 6 and not any(ln.split()[2] == "filter_l1" for ln in lines)
+    assert any(ln.split()[:2] == ["4", "n/a"] and f"{W} (= filter_l1)" in ln for ln in lines)
+    assert [ln.split()[0] for ln in lines] == ["1", "2", "2", "4", "5", "6"]
+    # --top counts distinct metrics, ties included: top 2 is A and the two tied at 2; top 4 adds W and its alias
+    assert cli_main(["leaderboard", str(tmp_path / "R"), "--top", "2", "--format", "json"]) == 0
+    top2 = sorted(r["metric_id"] for r in json.loads(capsys.readouterr().out))
+    assert top2 == sorted([A, l2e, "weight-value-l2-none"])
+    assert {r["metric_id"] for r in rank_scores(read_scores(tmp_path / "R"), top=4).to_pylist()} == \
+        {A, l2e, "weight-value-l2-none", W, "filter_l1"}
+    assert cli_main(["leaderboard", str(tmp_path / "R"), "--top", "4", "--format", "markdown"]) == 0
+    md = capsys.readouterr().out
+    assert "Top 4 of 6 distinct metrics shown." in md and f"| {W} (= filter_l1) |" in md
+
+
+def _naive_rank_interval(grid_seeds: dict, resamples: int) -> dict[str, tuple[int, int, int]]:
+    """The bootstrap by its definition, loop by loop: draw the seeds (the documented generator
+    call), each metric's mean and censoring over the drawn runs, its rank (1 + the metrics that
+    are uncensored where it is censored, or of the same kind with a higher mean), percentiles
+    2.5 / 97.5 as the ranks at sorted positions floor(0.025 (B - 1)) and ceil(0.975 (B - 1))."""
+    import math
+
+    import numpy as np
+
+    seeds = sorted(grid_seeds)
+    metrics = sorted({m for rates in grid_seeds.values() for m in rates})
+
+    def ranks(drawn):
+        stat = {}
+        for m in metrics:
+            runs = [grid_seeds[s][m] for s in drawn]
+            stat[m] = (not all(c for _, c in runs), sum(v for v, _ in runs) / len(runs))
+        return {m: 1 + sum(1 for o in metrics if stat[o][0] < stat[m][0] or
+                           (stat[o][0] == stat[m][0] and stat[o][1] > stat[m][1])) for m in metrics}
+
+    draws = np.random.default_rng(0).integers(0, len(seeds), size=(resamples, len(seeds)))
+    got = {m: [] for m in metrics}
+    for row in draws:
+        for m, r in ranks([seeds[j] for j in row]).items():
+            got[m].append(r)
+    point = ranks(seeds)
+    lo, hi = math.floor(0.025 * (resamples - 1)), math.ceil(0.975 * (resamples - 1))
+    return {m: (point[m], sorted(v)[lo], sorted(v)[hi]) for m, v in got.items()}
+
+
+def test_rank_intervals_against_a_naive_bootstrap(tmp_path):
+    from prunetax.benchmarks.ranking import rank_scores
+    from prunetax.benchmarks.results import read_scores
+
+    seeds = {0: {W: (40.0, True), A: (50.0, True), LATE: (30.0, True), "random": (10.0, True)},
+             1: {W: (44.0, True), A: (41.0, True), LATE: (60.0, False), "random": (46.0, True)},
+             2: {W: (45.0, True), A: (43.0, True), LATE: (47.0, True), "random": (20.0, True)},
+             3: {W: (41.0, True), A: (47.0, True), LATE: (44.0, True), "random": (42.0, True)}}
+    write_results(tmp_path / "R", {("lenet5", R2, P5): seeds})
+    scores = read_scores(tmp_path / "R")
+    for resamples in (200, 1000):
+        rows = rank_scores(scores, resamples=resamples).to_pylist()
+        want = _naive_rank_interval(seeds, resamples)
+        assert {r["metric_id"]: (r["distinct_rank"], r["rank_low"], r["rank_high"]) for r in rows} == want
+        assert len({w[1:] for w in want.values()}) > 1          # the intervals differ: the test can fail
+        for r in rows:
+            assert r["rank_low"] <= r["distinct_rank"] <= r["rank_high"]
+    assert rank_scores(scores).to_pylist() == rank_scores(scores).to_pylist()      # a fixed generator seed
+    assert {(r["rank_low"], r["rank_high"]) for r in rank_scores(scores, resamples=0).to_pylist()} == {(None, None)}
+
+
+@pytest.mark.parametrize("grid, distinct", [("lenet5", 311), ("cifar10_quick", 35), ("domino", None)])
+def test_the_committed_study_results_rank_and_render(grid, distinct):
+    """results/study/ loads and renders; "rank r of N" counts distinct metrics (LeNet-5 318 ids,
+    311 metrics; cifar10_quick 42 and 35); every rank interval holds its point rank."""
+    from pathlib import Path
+
+    from prunetax.benchmarks.ranking import rank_scores, render
+    from prunetax.benchmarks.results import read_scores
+
+    board = rank_scores(read_scores(Path(__file__).resolve().parents[1] / "results" / "study" / grid),
+                        versus="random")
+    rows = board.to_pylist()
+    if distinct is not None:
+        assert {r["n_distinct"] for r in rows} == {distinct}
+    assert all(r["rank_low"] <= r["distinct_rank"] <= r["rank_high"] for r in rows if r["rank_low"] is not None)
+    for fmt in ("table", "markdown"):
+        text = render(board, fmt)
+        assert "p holm" in text and "(= fisher)" in text or grid == "domino"

@@ -15,15 +15,23 @@ Statistics are over the runs (one per cell: a seed of a network / data set) of a
   final rate, a lower bound on its rate: a metric with such a run is ``censored``, and ranked
   after every metric whose runs all crossed (its mean is shown as ``>= mean``).
 
+Names that ran as one metric (``ran_as``; e.g. ``filter_l1`` and ``weight-value-l1-none``) are
+one entry: ``distinct_rank`` of ``n_distinct`` ranks the entries, with a rank interval
+(``rank_low``, ``rank_high``) from a bootstrap over the group's seeds (``entries``).
+
 Modules: ``board`` (``rank_scores`` and the columns), ``statistics`` (runs grouped, summarised,
-ranked), ``labels`` (group labels), ``authors`` (the authors' rates), ``versus`` (paired
-differences against a reference and the level of their interval), ``select`` (the metrics an
+ranked), ``entries`` (distinct metrics, their ranks and rank intervals), ``labels`` (group
+labels), ``authors`` (the authors' rates), ``versus`` (paired differences against a reference,
+the level of their interval, their t test and its correction within the group), ``correction``
+(Holm's step-down, shared with ``analysis.component_effects``), ``select`` (the metrics an
 option names), ``formats`` (table, markdown, html, csv, json; ``--top``).
 """
 from __future__ import annotations
 
 from prunetax.benchmarks.ranking.authors import AUTHORS_PROTOCOL, AUTHORS_RATES, AUTHORS_SOURCE, authors_rate
 from prunetax.benchmarks.ranking.board import LEADERBOARD_COLUMNS, rank_scores
+from prunetax.benchmarks.ranking.correction import CORRECTION, CORRECTIONS, check_correction, holm
+from prunetax.benchmarks.ranking.entries import RESAMPLES
 from prunetax.benchmarks.ranking.formats import FORMATS, group_sections, parse_top, render
 from prunetax.benchmarks.ranking.select import match_metrics, metric_patterns, select_metrics
 from prunetax.benchmarks.ranking.versus import CONFIDENCE, VERSUS_COLUMNS, confidence_of
@@ -31,4 +39,5 @@ from prunetax.benchmarks.ranking.versus import CONFIDENCE, VERSUS_COLUMNS, confi
 __all__ = ["LEADERBOARD_COLUMNS", "VERSUS_COLUMNS", "rank_scores", "select_metrics", "match_metrics",
            "metric_patterns", "AUTHORS_RATES",
            "AUTHORS_PROTOCOL", "AUTHORS_SOURCE", "FORMATS", "parse_top", "render", "group_sections",
-           "authors_rate", "CONFIDENCE", "confidence_of"]
+           "authors_rate", "CONFIDENCE", "confidence_of", "CORRECTION", "CORRECTIONS", "check_correction", "holm",
+           "RESAMPLES"]

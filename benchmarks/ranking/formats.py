@@ -39,19 +39,30 @@ def group_sections(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     return out
 
 
-# what table, markdown and html show, with their headers (ascii for the terminal)
-_SHOWN = ("rank", "metric_id", "n_runs", "n_crossed", "mean", "pm2sigma", "min", "max", "gap_to_oracle",
+# what table, markdown and html show, with their headers (ascii for the terminal): one line per
+# distinct metric (entry), its rank among the group's distinct metrics and the rank interval
+_SHOWN = ("rank", "rank_ci", "metric_id", "n_runs", "n_crossed", "mean", "pm2sigma", "min", "max", "gap_to_oracle",
           "baseline_accuracy")
-_HEAD_ASCII = {"n_runs": "n", "n_crossed": "crossed", "pm2sigma": "+-2sigma", "gap_to_oracle": "oracle_gap",
-               "baseline_accuracy": "baseline"}
-_HEAD_PAPER = {"n_runs": "n", "n_crossed": "crossed", "mean": "mean (%)", "pm2sigma": "±2σ", "min": "min",
-               "max": "max", "gap_to_oracle": "gap to oracle", "baseline_accuracy": "baseline acc. (%)"}
-# with versus; the interval's header names its level (``versus.interval_name``)
-_VS_SHOWN = ("versus", "vs_mean", "vs_ci", "vs_n")
-_VS_HEAD = {"versus": "versus", "vs_mean": "diff", "vs_n": "pairs"}
+_HEAD_ASCII = {"rank_ci": "rank_95%", "n_runs": "n", "n_crossed": "crossed", "pm2sigma": "+-2sigma",
+               "gap_to_oracle": "oracle_gap", "baseline_accuracy": "baseline"}
+_HEAD_PAPER = {"rank_ci": "rank 95 %", "n_runs": "n", "n_crossed": "crossed", "mean": "mean (%)", "pm2sigma": "±2σ",
+               "min": "min", "max": "max", "gap_to_oracle": "gap to oracle", "baseline_accuracy": "baseline acc. (%)"}
+# with versus; the interval's header names its level (``versus.interval_name``), the corrected
+# columns name the correction (none: the raw p alone)
+_VS_SHOWN = ("versus", "vs_mean", "vs_ci", "vs_p", "vs_p_adj", "vs_adj_ci", "vs_n")
+_VS_HEAD = {"versus": "versus", "vs_mean": "diff", "vs_p": "p", "vs_n": "pairs"}
 
 
 def _cell(r: dict, c: str, ge: str) -> str:
+    if c == "rank":
+        return str(r.get("distinct_rank", r["rank"]))
+    if c == "rank_ci":
+        lo, hi = r.get("rank_low"), r.get("rank_high")
+        return "n/a" if lo is None else f"[{lo}, {hi}]"
+    if c == "metric_id" and r.get("aliases"):     # the entry's id, then its other names
+        entry = r.get("entry") or r["metric_id"]
+        names = [r["metric_id"], *r["aliases"].split(",")]
+        return f"{entry} (= {', '.join(m for m in names if m != entry)})"
     v = r[c]
     if c == "n_crossed":
         return f"{v}/{r['n_runs']}"
@@ -67,9 +78,12 @@ def _cell(r: dict, c: str, ge: str) -> str:
 def _vs_cell(r: dict, c: str) -> str:
     if r.get("versus") is None:
         return "" if c != "versus" else "-"
-    if c == "vs_ci":
-        lo, hi = r["vs_ci_low"], r["vs_ci_high"]
+    if c in ("vs_ci", "vs_adj_ci"):
+        lo, hi = (r["vs_ci_low"], r["vs_ci_high"]) if c == "vs_ci" else (r.get("vs_adj_low"), r.get("vs_adj_high"))
         return "n/a" if lo is None else f"[{lo:+.2f}, {hi:+.2f}]"
+    if c in ("vs_p", "vs_p_adj"):
+        v = r.get(c)
+        return "n/a" if v is None else f"{v:.3f}" if v >= 0.001 else "<0.001"
     if c == "vs_mean":
         return "" if r["vs_mean"] is None else f"{r['vs_mean']:+.2f}"
     if c == "vs_n":
@@ -77,28 +91,55 @@ def _vs_cell(r: dict, c: str) -> str:
     return str(r[c])
 
 
-def _notes(rows: list[dict], ge: str, interval: str | None) -> list[str]:
-    """The notes under the sections; ``interval``: the name of the versus interval (None without versus)."""
+def _notes(rows: list[dict], ge: str, heads: dict[str, str], versus: tuple[str, str, float] | None) -> list[str]:
+    """The notes under the sections; ``heads``: column -> header; ``versus``: (the versus
+    interval's name, the correction, the interval's level) or None without versus."""
     notes = []
+    if rows:
+        notes.append(f"{heads['rank']}: among the group's distinct metrics (names that ran as one metric share a line, "
+                     f"the others after '='; equal means share a rank); {heads['rank_ci']}: the middle 95 % of its "
+                     "ranks over bootstrap resamples of the group's seeds (n/a under two seeds).")
     if any(r["censored"] for r in rows):
         notes.append(f"{ge}: some runs never crossed the threshold; their rate is the final one (a lower bound). "
                      "Ranked after the metrics whose runs all crossed.")
     if any(r["pm2sigma"] is None for r in rows):
         notes.append("n/a: fewer than two runs, no spread.")
-    if interval is not None:
+    if versus is not None:
+        interval, correction, confidence = versus
         notes.append("diff: mean over the cells of rate(metric) - rate(versus) on the same cell (seed and baseline); "
-                     f"{interval}: t interval over those cells (n/a under two); pairs: cells compared, and those left "
-                     "out because a metric never crossed the threshold.")
+                     f"{interval}: t interval over those cells (n/a under two); p: its two-sided t test; pairs: cells "
+                     "compared, and those left out because a metric never crossed the threshold.")
+        if correction != "none":
+            notes.append(f"{heads['vs_p_adj']}, {heads['vs_adj_ci']}: {correction.capitalize()}'s correction within "
+                         "each group's comparisons (one per distinct metric shown, less a metric against itself or an "
+                         "alias); the interval is at the level of the comparison's Holm step, so it excludes 0 "
+                         f"exactly when {heads['vs_p_adj']} <= {round(1 - confidence, 12):g}.")
+        else:
+            notes.append("p and intervals uncorrected for multiple comparisons (correction none).")
     return notes
 
 
 def _cut(group_rows: list[dict], selected: bool = False) -> str | None:
-    total = group_rows[0]["n_metrics"]
+    """The line saying the group's list was cut; ``group_rows``: one per distinct metric shown."""
+    first = group_rows[0]
+    total = first.get("n_distinct") or first["n_metrics"]
+    what = "metrics" if total == first["n_metrics"] else "distinct metrics"
     if len(group_rows) == total:
         return None
     if selected:
-        return f"{len(group_rows)} of {total} metrics shown; rank among all {total}"
-    return f"top {len(group_rows)} of {total} metrics shown"
+        return f"{len(group_rows)} of {total} {what} shown; rank among all {total}"
+    return f"top {len(group_rows)} of {total} {what} shown"
+
+
+def _one_per_entry(rows: list[dict]) -> list[dict]:
+    """One row per entry (distinct metric) of one group's rows, where its first row is: the
+    entry's own row when it is there, else its first."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        entry = r.get("entry") or r["metric_id"]
+        if entry not in out or r["metric_id"] == entry:
+            out[entry] = r
+    return list(out.values())
 
 
 def _table_lines(label: str, extra: list[str], body: list[dict], headers: list[str], cut: str | None) -> list[str]:
@@ -150,14 +191,24 @@ def _rows_text(table: "pa.Table", fmt: str) -> str:
     return buf.getvalue()
 
 
+def _headers(fmt: str, interval: str | None, correction: str) -> dict[str, str]:
+    """Column -> header of what table, markdown and html show (``interval``: the versus interval's name)."""
+    head = _HEAD_ASCII if fmt == "table" else _HEAD_PAPER
+    shown = _SHOWN + (() if interval is None else tuple(
+        c for c in _VS_SHOWN if correction != "none" or c not in ("vs_p_adj", "vs_adj_ci")))
+    vs = {**_VS_HEAD, "vs_ci": interval, "vs_p_adj": f"p {correction}", "vs_adj_ci": f"{correction} ci"}
+    return {c: vs[c] if c in _VS_SHOWN else head.get(c, c) for c in shown}
+
+
 def render(table: "pa.Table", fmt: str, groups: list[str] | None = None, selected: bool = False) -> str:
     """The text of ``table`` (``rank_scores``'s) as ``fmt`` (table, markdown, csv, json, html).
 
     table, markdown and html: one section per group (its label, the authors' rate when there is
-    one, the main columns, a line when the list was cut), notes at the end; ``groups``: labels of
-    groups to show even when no row of theirs is left (``top`` 0); with versus columns, the
-    interval is named by the level the table records (``versus.confidence_of``). csv and json:
-    every column.
+    one, one line per distinct metric with its aliases, its distinct rank and rank interval, the
+    main columns, a line when the list was cut), notes at the end; ``groups``: labels of groups to
+    show even when no row of theirs is left (``top`` 0); with versus columns, the interval is
+    named by the level the table records (``versus.confidence_of``) and the corrected columns by
+    the correction (``vs_correction``). csv and json: every column of every row.
     """
     import html as h
 
@@ -172,21 +223,23 @@ def render(table: "pa.Table", fmt: str, groups: list[str] | None = None, selecte
     shown = {g for g, _ in sections}
     sections += [(g, []) for g in (groups or []) if g not in shown]
     ge = ">=" if fmt == "table" else "≥"
-    head = _HEAD_ASCII if fmt == "table" else _HEAD_PAPER
-    interval = interval_name(confidence_of(table)) if "versus" in table.column_names else None
-    shown_cols = _SHOWN + (_VS_SHOWN if interval is not None else ())
-    headers = [interval if c == "vs_ci" else _VS_HEAD.get(c) or head.get(c, c) for c in shown_cols]
+    confidence = confidence_of(table)
+    interval = interval_name(confidence) if "versus" in table.column_names else None
+    correction = next((r.get("vs_correction") for r in rows if r.get("vs_correction")), "none")
+    heads = _headers(fmt, interval, correction)
+    headers = list(heads.values())
     parts = []
     for label, grows in sections:
+        grows = _one_per_entry(grows)
         authors = grows[0]["authors_rate"] if grows else None
         extra = ([f"authors' rate for {grows[0]['group'].split(' | ')[0]}: {authors:g} % "
                   f"({grows[0]['authors_note']})"] if authors is not None else [])
         cut = (_cut(grows, selected) if grows
                else "none of the chosen metrics" if selected else "top 0: no metrics shown")
-        body = [{hd: (_vs_cell(r, c) if c in _VS_SHOWN else _cell(r, c, ge)) for hd, c in zip(headers, shown_cols)}
+        body = [{hd: (_vs_cell(r, c) if c in _VS_SHOWN else _cell(r, c, ge)) for c, hd in heads.items()}
                 for r in grows]
         parts.append("\n".join(_SECTION[fmt](label, extra, body, headers, cut)))
-    notes = _notes(rows, ge, interval)
+    notes = _notes(rows, ge, heads, None if interval is None else (interval, correction, confidence))
     if fmt == "html":
         notes = [f"<p>{h.escape(n)}</p>" for n in notes]
     text = "\n\n".join(parts)

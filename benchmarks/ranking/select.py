@@ -1,27 +1,16 @@
-"""Which metrics a leaderboard option names: ids, named metrics, expressions and globs on the ids."""
+"""Which metrics a leaderboard option names: ids, named metrics, expressions and globs on the ids
+(``resolve_metric``, in ``versus`` since a reference is named the same way, is re-exported here)."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+from prunetax.benchmarks.ranking.versus import resolve_metric
 from prunetax.taxonomy.errors import PrunetaxError
 
 if TYPE_CHECKING:  # pyarrow is imported where used: the command line builds its parser without it
     import pyarrow as pa
 
 __all__ = ["resolve_metric", "metric_patterns", "match_metrics", "select_metrics"]
-
-
-def resolve_metric(text: str, known) -> str | None:
-    """The metric id of ``known`` that ``text`` names: itself, or a named metric's / expression's canonical id."""
-    if text in known:
-        return text
-    from prunetax.taxonomy import parse_metric
-
-    try:
-        canonical = str(parse_metric(text))
-    except Exception:  # not a metric at all: the caller says what is known
-        return None
-    return canonical if canonical in known else None
 
 
 def metric_patterns(text: str) -> list[str]:
@@ -57,9 +46,17 @@ def match_metrics(known: Sequence[str], patterns: Sequence[str], source: str | N
 
 def select_metrics(table: "pa.Table", patterns: Sequence[str], source: str | None = None) -> "pa.Table":
     """The rows of a leaderboard whose metrics ``patterns`` name (``match_metrics``); ranks stay
-    those of the whole group."""
+    those of the whole group. With versus columns the chosen metrics are the family: the
+    correction is made again within each group's chosen rows (``versus.correct_versus``)."""
     import pyarrow as pa
 
     ids = table.column("metric_id").to_pylist()
     chosen = match_metrics(ids, patterns, source)
-    return table.filter(pa.array([m in chosen for m in ids], type=pa.bool_()))
+    kept = table.filter(pa.array([m in chosen for m in ids], type=pa.bool_()))
+    if "vs_correction" not in kept.column_names or kept.num_rows == 0:
+        return kept
+    from prunetax.benchmarks.ranking.versus import confidence_of, correct_versus
+
+    rows = kept.to_pylist()
+    correct_versus(rows, rows[0]["vs_correction"], confidence_of(kept))
+    return pa.Table.from_pylist(rows, schema=kept.schema)
