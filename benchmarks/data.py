@@ -25,7 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from prunetax.taxonomy.errors import PrunetaxError
+from prunetax.benchmarks import names
+from prunetax.benchmarks.names import DataError
 
 __all__ = [
     "Dataset", "RawData", "DataError", "load_dataset", "load_raw", "list_datasets", "register_dataset",
@@ -36,10 +37,6 @@ DATA_FILES = Path(__file__).resolve().parent / "data_files"
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-class DataError(PrunetaxError):
-    """A data set that is unknown, missing or malformed."""
 
 
 @dataclass(frozen=True)
@@ -177,34 +174,32 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 # The registry of data sets
 
 _LOADERS: dict[str, Callable[[Path | None, bool], RawData]] = {}
-_CHANNELS: dict[str, int] = {}
 
 
 def register_dataset(name: str, channels: int = 3):
     """Decorator: register ``loader(root: Path | None, download: bool) -> RawData`` as ``name``.
 
     ``channels`` (1 grayscale, 3 colour) is known before loading, so recipes can depend on it.
+    The name and its channels are kept in ``prunetax.benchmarks.names`` (torch-free), where
+    commands check a name before they import torch.
     """
     def deco(fn):
         if name in _LOADERS:
             raise DataError(f"data set '{name}' is already registered")
-        _LOADERS[name], _CHANNELS[name] = fn, channels
+        _LOADERS[name] = fn
+        names.add_dataset(name, channels)
         return fn
     return deco
 
 
 def dataset_channels(name: str) -> int:
     """Image channels of data set ``name`` without loading it (``imagefolder:`` images are RGB)."""
-    if name.startswith("imagefolder:"):
-        return 3
-    if name not in _CHANNELS:
-        raise DataError(f"unknown data set '{name}'; choose one of {', '.join(list_datasets())}, imagefolder:PATH")
-    return _CHANNELS[name]
+    return names.check_dataset(name)
 
 
 def list_datasets() -> list[str]:
     """The registered data set names; ``imagefolder:PATH`` is accepted as well."""
-    return list(_LOADERS)
+    return names.dataset_names()
 
 
 def default_data_root() -> Path:

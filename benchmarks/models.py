@@ -6,10 +6,11 @@ with the recipe its baseline is trained with (``recipe={"epochs": 20, "lr": 0.05
 ``create_model(name, ...)`` builds one.
 Torchvision models are registered lazily: they are listed even when torchvision does not
 import, marked unavailable with the reason (``model_info(name).available``).
+Every registered name is also kept in ``prunetax.benchmarks.names`` (torch-free), where commands
+check a name before they import torch; the zoo's names are listed there too (``ZOO_MODELS``).
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import math
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from prunetax.benchmarks import names
 from prunetax.taxonomy.errors import PrunetaxError
 
 __all__ = ["register_model", "unregister_model", "list_models", "create_model", "model_info", "ModelInfo"]
@@ -82,6 +84,7 @@ def register_model(fn=None, *, name: str | None = None, needs: str | None = None
             frozen = MappingProxyType(check_recipe_fields(recipe, f"model '{key}'"))
         doc = (f.__doc__ or "").strip().splitlines()
         _REGISTRY[key] = (f, ModelInfo(key, doc[0] if doc else "", needs, frozen))
+        names.add_model(key)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -91,6 +94,7 @@ def unregister_model(name: str) -> None:
     """Remove a registered model (e.g. one a test or notebook added)."""
     if _REGISTRY.pop(name, None) is None:
         raise PrunetaxError(f"model '{name}' is not registered")
+    names.remove_model(name)
 
 
 def list_models(pattern: str | None = None, *, available_only: bool = False) -> list[str]:
@@ -105,9 +109,7 @@ def list_models(pattern: str | None = None, *, available_only: bool = False) -> 
 
 def _lookup(name: str):
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"choose one of {', '.join(sorted(_REGISTRY))}"
-        raise PrunetaxError(f"unknown model '{name}'; {hint}")
+        raise names.unknown_model(name, _REGISTRY)
     return _REGISTRY[name]
 
 

@@ -254,6 +254,25 @@ def test_list_and_unknown_names():
     assert "mnits" in message and "mnist" in message and "cifar10" in message and "imagefolder:PATH" in message
 
 
+def test_the_torch_free_names_are_the_registered_data_sets():
+    """prunetax.benchmarks.names (what a command checks a name against before importing torch)
+    lists the built-in data sets, each with a loader here and its channels, and registrations."""
+    from prunetax.benchmarks import names
+    from prunetax.benchmarks.data import dataset_channels, register_dataset
+
+    assert list_datasets() == names.dataset_names()
+    builtin = ["mnist", "fashion-mnist", "cifar10", "cifar100"]
+    assert list(names.BUILTIN_DATASETS) == list_datasets()[:4] == builtin
+    for name, channels in names.BUILTIN_DATASETS.items():
+        with pytest.raises(PrunetaxError, match="already registered"):   # data.py has its loader
+            register_dataset(name)(lambda root, download: None)
+        assert dataset_channels(name) == channels
+    assert load_dataset("mnist").in_channels == names.check_dataset("mnist") == 1
+    assert names.check_dataset("imagefolder:/x") == 3
+    with pytest.raises(PrunetaxError, match="unknown data set 'mnits'; choose one of mnist"):
+        names.check_dataset("mnits")
+
+
 def test_bad_eval_size(tiny_idx):
     with pytest.raises(PrunetaxError) as excinfo:
         load_dataset("mnist", root=tiny_idx[0], eval_size=40)

@@ -31,6 +31,30 @@ def test_every_model_is_listed_with_a_description():
     assert all(model_info(n).available for n in CIFAR)
 
 
+def test_the_torch_free_names_are_the_zoo_and_follow_registrations():
+    """prunetax.benchmarks.names (what a command checks a name against before importing torch)
+    lists exactly the zoo that models.py registers, and every registration since."""
+    import subprocess
+    import sys
+
+    from prunetax.benchmarks import names
+
+    assert sorted(names.ZOO_MODELS) == sorted(CIFAR + TORCHVISION)
+    fresh = subprocess.run([sys.executable, "-c", "from prunetax.benchmarks import models, names; "
+                            "print(models.list_models() == names.model_names() == sorted(names.ZOO_MODELS))"],
+                           capture_output=True, text=True, timeout=120)
+    assert fresh.stdout.strip() == "True", fresh.stderr
+    register_model(lambda in_channels, num_classes, input_size: nn.Identity(), name="_test_named")
+    try:
+        names.check_model("_test_named")
+        assert "_test_named" in names.model_names()
+    finally:
+        unregister_model("_test_named")
+    with pytest.raises(PrunetaxError, match="unknown model '_test_named'"):
+        names.check_model("_test_named")
+    assert names.model_names() == list_models()
+
+
 def test_glob_patterns():
     assert list_models("resnet*") == ["resnet20", "resnet20_a", "resnet56", "resnet56_a"]
     assert list_models("*_a") == ["resnet20_a", "resnet56_a"]

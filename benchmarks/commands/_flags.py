@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 
+from prunetax.benchmarks.names import BUILTIN_DATASETS
 from prunetax.taxonomy.errors import PrunetaxError
 
 # the built-in data sets (benchmarks/data.py registers them; tests/test_words.py checks the list)
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100")
+DATASETS = tuple(BUILTIN_DATASETS)
 
 MODEL_HELP = ("a registered model: the zoo's (lenet5, resnet20, resnet56, vgg16_bn, mobilenetv2, densenet40, ...; "
               "'prunetax list models' lists them all) or your own (--import MODULE)")

@@ -53,7 +53,12 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint-every", type=float, default=5.0, metavar="MINUTES",
                    help="a running cell saves its state at most this often, and on SIGTERM/SIGINT, under "
                         "RESULTS/state/; a rerun resumes it (default 5)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu or cuda (with dask or ray, auto is cuda where the cluster has GPUs; "
+                        "docs/results.md)")
+    p.add_argument("--gpus-per-cell", type=float, default=1.0, metavar="N",
+                   help="GPUs each cell asks ray or dask for when the grid runs on CUDA: a fraction in (0, 1] "
+                        "(cells share a GPU) or a whole number (default 1; dask: workers declaring --resources GPU=N)")
     p.add_argument("--results", default="results", metavar="DIR", help="results root (default ./results)")
     p.add_argument("--cache-dir", default=None, help="baseline cache (default $PRUNETAX_CACHE or ~/.cache/prunetax)")
     p.add_argument("--data-root", default=None, help="folder holding the data sets' files")
@@ -100,17 +105,22 @@ def run(args) -> int:
         raise PrunetaxError(f"--jobs must be a positive integer or -1 (all cores), got {args.jobs}")
     if not args.checkpoint_every >= 0:
         raise PrunetaxError(f"--checkpoint-every must be >= 0 minutes, got {args.checkpoint_every}")
+    try:
+        options = GridOptions(progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every,
+                              plugins=getattr(args, "imports", ()), allow_weak_baseline=args.allow_weak_baseline,
+                              gpus_per_cell=args.gpus_per_cell)
+    except PrunetaxError as exc:        # the option as the user typed it
+        raise PrunetaxError(str(exc).replace("gpus_per_cell", "--gpus-per-cell", 1)) from None
     config, source = build_config(args)
     cells = grid_cells(config, source, validate=False)
     results, env = preflight(args.results, args.backend, args.jobs, args.scheduler, Env.from_args(args))
     env.torch_device  # an unknown or unavailable device: one line
     validate_cells(cells, data_root=env.data_root)
-    options = GridOptions(progress=sys.stderr.isatty(), checkpoint_every=60.0 * args.checkpoint_every,
-                          plugins=getattr(args, "imports", ()), allow_weak_baseline=args.allow_weak_baseline)
     summary = run_grid(cells, results, backend=args.backend, n_jobs=args.jobs, scheduler=args.scheduler,
                        env=env, options=options)
     n_metrics = len(cells[0].metrics)
-    print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped ({len(cells)} cells x "
+    elsewhere = f", {len(summary.elsewhere)} running elsewhere" if summary.elsewhere else ""
+    print(f"bench: {len(summary.ran)} cells run, {len(summary.skipped)} skipped{elsewhere} ({len(cells)} cells x "
           f"{n_metrics} metrics) in {summary.wall_seconds:.1f}s; results in {summary.results}")
     if args.top != 0:
         print_top(args.results, args.top)
@@ -126,7 +136,7 @@ def print_top(results, top: int | None) -> None:
     from prunetax.benchmarks.results import leaderboard
 
     board = leaderboard(results)
-    shown = board if top is None else board.filter(pc.less_equal(board.column("rank"), top))
+    shown = board if top is None else board.filter(pc.less_equal(board.column("distinct_rank"), top))
     print(render(shown, "table"), end="")
     if shown.num_rows < board.num_rows:
         print(f"(every metric: prunetax leaderboard {results})")

@@ -25,8 +25,8 @@ def _lines(what: str) -> list[tuple[str, str]]:
                  "oracle": "reference: the myopic oracle (the removal with the lowest eval loss among candidates)"}
         return out + [(r, notes[r]) for r in REFERENCES]
     if what == "datasets":
-        from prunetax.benchmarks.data import dataset_channels, list_datasets
-        out = [(d, f"{'grayscale' if dataset_channels(d) == 1 else 'colour'}") for d in list_datasets()]
+        from prunetax.benchmarks.names import check_dataset, dataset_names   # no torch: answers at once
+        out = [(d, f"{'grayscale' if check_dataset(d) == 1 else 'colour'}") for d in dataset_names()]
         return out + [("imagefolder:PATH", "colour images in PATH/train/<class>/ and PATH/test/<class>/ (or val/)")]
     from prunetax.benchmarks.models import list_models, model_info
     out = []

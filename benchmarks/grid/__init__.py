@@ -12,14 +12,18 @@ resumes from its last saved step.
 Backends: ``loky`` (one machine, through joblib), ``dask`` (``pip install prunetax[dask]``: a
 local cluster of worker processes, or ``scheduler=`` a dask.distributed scheduler's address;
 dask futures) and ``ray`` (``pip install prunetax[ray]``: local, or ``scheduler=`` a ray
-address; ray tasks). Paths are resolved on the client and sent as absolute paths; stopping the
-client cancels the grid's tasks.
+address; ray tasks, which ask for GPUs when the grid runs on CUDA). Paths are resolved on the
+client and sent as absolute paths; stopping the client cancels the grid's tasks. A running cell
+holds a lock beside its state file, so each cell runs once, also with two ``prunetax bench``
+processes on one results folder.
 
 The modules:
 
 - ``config``: the TOML grid file and its keys, the cells of a config, metric lists expanded;
 - ``validate``: the checks before any work (``preflight`` without torch, ``validate_cells`` with);
-- ``backends``: loky, dask and ray behind one interface, scheduler addresses, SIGTERM;
+- ``backends``: loky, dask and ray behind one interface, scheduler addresses, SIGTERM, the GPUs
+  a task asks for;
+- ``claim``: a running cell's lock, so that each cell runs once;
 - ``runner``: ``run_grid`` and its ``GridOptions``, the worker's job, state files, progress.
 """
 from prunetax.benchmarks.grid.backends import BACKENDS, SCHEDULER_TIMEOUT_S

@@ -3,8 +3,9 @@
 ``load_grid_file`` reads a grid file (a syntax error names the file, line and problem; an unknown
 key names the valid ones); ``grid_cells`` turns a config (from a file, from the ``prunetax
 bench`` flags, or both) into cells, one per (network, dataset, seed), checking every value's type
-and range and naming the key as the user wrote it (``FILE: key`` or ``--flag``). The checks here
-need no torch; ``grid_cells`` then runs ``validate.validate_cells``, which does.
+and range, and every network and data set name (``prunetax.benchmarks.names``), and naming the key
+as the user wrote it (``FILE: key`` or ``--flag``). The checks here need no torch; ``grid_cells``
+then runs ``validate.validate_cells``, which does.
 """
 from __future__ import annotations
 
@@ -147,6 +148,19 @@ def _protocol(config: dict, source: str) -> Protocol:
         raise PrunetaxError(f"{source}: bad protocol option: {exc}") from None
 
 
+def _check_names(networks: list[str], datasets: list[str], source: str) -> None:
+    """Every network a registered model and every data set a registered one (or imagefolder:PATH),
+    read from ``prunetax.benchmarks.names`` without torch; one line naming the key otherwise."""
+    from prunetax.benchmarks.names import check_dataset, check_model
+
+    for key, names, check in (("networks", networks, check_model), ("datasets", datasets, check_dataset)):
+        for name in names:
+            try:
+                check(name)
+            except PrunetaxError as exc:
+                raise PrunetaxError(f"{_label(source, key)}: {exc}") from None
+
+
 def grid_cells(config: dict, source: str = "grid", *, validate: bool = True, data_root=None) -> list[Cell]:
     """The cells of a grid config (the TOML keys, see ``GRID_KEYS``). Raises PrunetaxError.
 
@@ -158,6 +172,7 @@ def grid_cells(config: dict, source: str = "grid", *, validate: bool = True, dat
         raise _unknown_key(source, unknown[0], GRID_KEYS)
     networks = _list(config, "networks", str, source)
     datasets = _list(config, "datasets", str, source)
+    _check_names(networks, datasets, source)
     seeds = _list({"seeds": [0], **config}, "seeds", int, source)
     if any(s < 0 for s in seeds):
         raise PrunetaxError(f"{_label(source, 'seeds')} must be >= 0, got {seeds}")

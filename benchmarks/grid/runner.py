@@ -4,9 +4,11 @@
 torch (``validate.preflight``), skips cells whose scores file exists (resume), trains each
 distinct baseline once on the client before fanning out (``train_baselines``), then hands the
 cells to a backend (``backends.open_backend``). Each worker runs ``_job``: the client's
-plug-ins loaded, the cell run through ``prunetax.benchmarks.protocol.run_cell`` with its state
-file under ``RESULTS/state/`` (``state_path``; a killed cell resumes from its last saved step),
-its files written (``prunetax.benchmarks.results``), its state removed. ``GridOptions`` holds
+plug-ins loaded, the cell claimed (``claim.claim_cell``: a lock beside its state file, held while
+it runs; a cell another process holds is skipped, one done meanwhile too), the cell run through
+``prunetax.benchmarks.protocol.run_cell`` with its state file under ``RESULTS/state/``
+(``state_path``; a killed cell resumes from its last saved step), its files written
+(``prunetax.benchmarks.results``), its state removed. ``GridOptions`` holds
 how the grid runs; nothing in it enters the results.
 
 ``run`` (``prunetax.run``) is the older way to run one cell, kept as a deprecated shim.
@@ -19,6 +21,7 @@ import functools
 import os
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from typing import Callable, Sequence
 
 from prunetax.benchmarks.cell import Cell, CellResult, RunOptions
 from prunetax.benchmarks.grid.backends import open_backend, sigterm_stops, worker_count
+from prunetax.benchmarks.grid.claim import claim_cell, lock_path
 from prunetax.benchmarks.grid.validate import preflight
 from prunetax.benchmarks.plugins import resolve_imports
 from prunetax.benchmarks.setup import Env
@@ -51,7 +55,9 @@ class GridOptions:
     cell trains or reads its own). ``plugins``: modules or .py files the workers import first
     (``--import``; docs/plugins.md), which the caller has imported already.
     ``allow_weak_baseline``: prune baselines whose accuracy target is not above chance (by
-    default such a cell stops with a one-line error).
+    default such a cell stops with a one-line error). ``gpus_per_cell``: the GPUs each cell's
+    task asks ray or dask for when the grid runs on CUDA (``backends.task_gpus``): a fraction in
+    (0, 1] (cells share a GPU) or a whole number.
     """
     progress: bool | str = True
     checkpoint_every: float = CHECKPOINT_EVERY_S
@@ -59,20 +65,30 @@ class GridOptions:
     pretrain: bool = True
     plugins: tuple[str, ...] = ()
     allow_weak_baseline: bool = False
+    gpus_per_cell: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "plugins", tuple(self.plugins))
         object.__setattr__(self, "checkpoint_every", float(self.checkpoint_every))
+        object.__setattr__(self, "gpus_per_cell", float(self.gpus_per_cell))
         if not self.checkpoint_every >= 0:
             raise PrunetaxError(f"checkpoint_every must be >= 0 seconds, got {self.checkpoint_every!r}")
+        g = self.gpus_per_cell
+        if not (0 < g <= 1 or (g > 1 and g == int(g))):   # ray's rule for num_gpus
+            raise PrunetaxError(f"gpus_per_cell {g:g}: must be a fraction in (0, 1] or a whole number of GPUs")
 
 
 @dataclass
 class GridSummary:
     ran: list[str]          # cell ids computed by this call
-    skipped: list[str]      # cell ids already complete before it
+    skipped: list[str]      # cell ids complete before it, or completed by another process meanwhile
     results: Path
     wall_seconds: float
+    elsewhere: list[str] = dataclasses.field(default_factory=list)   # running in another process: left to it
+
+
+# what a worker's job reports for its cell
+RAN, DONE, ELSEWHERE, FAILED = "ran", "done", "elsewhere", "failed"
 
 
 def state_path(results, cell: Cell) -> Path:
@@ -96,33 +112,55 @@ class _Job:
     threads: int | None = None
     plugins: tuple[str, ...] = ()
     plugin_cwd: str | None = None
+    token: str = ""             # this run_grid call's, in the mark each cell it wrote leaves (ran_mark)
 
 
-def _job(cell: Cell, job: _Job) -> tuple:
+def _job(cell: Cell, job: _Job) -> tuple[str, float, str, str | None]:
     """What a worker runs: the client's plug-ins loaded (and the installed entry points), then one
-    cell, resumed from its saved state if there is one, written on completion (skipped if another
-    worker finished it), then its state removed. Returns (cell id, seconds), or (cell id,
-    seconds, error) when the cell's baseline failed (``BaselineError``)."""
+    cell claimed (its lock held while it runs), resumed from its saved state if there is one,
+    written on completion, then its state removed. Returns (cell id, seconds, outcome, detail):
+    ``RAN``; ``DONE`` (written by another process before the claim); ``ELSEWHERE`` (another
+    process holds it; detail: its ``host pid``); ``FAILED`` (its baseline failed, detail: the
+    ``BaselineError``)."""
     from prunetax.benchmarks.baseline import BaselineError
     from prunetax.benchmarks.plugins import load_plugins
     from prunetax.benchmarks.results import cell_done, write_cell_result
 
     load_plugins(job.plugins, job.plugin_cwd)
-    if cell_done(job.results, cell):
-        return cell.id, 0.0
-    if job.threads is not None:
-        import torch
-        torch.set_num_threads(job.threads)
-    start = time.perf_counter()
     state = state_path(job.results, cell)
+    with claim_cell(lock_path(state)) as holder:
+        if holder is not None:
+            return cell.id, 0.0, ELSEWHERE, holder
+        if cell_done(job.results, cell):       # a lost result recomputed (dask): the mark says this grid wrote it
+            return cell.id, 0.0, RAN if _marked(state, job.token) else DONE, None
+        if job.threads is not None:
+            import torch
+            torch.set_num_threads(job.threads)
+        start = time.perf_counter()
+        try:
+            result = job.runner(cell, job.env, dataclasses.replace(job.options, checkpoint=str(state)))
+        except BaselineError as exc:     # this cell cannot run; the grid goes on with the others
+            return cell.id, time.perf_counter() - start, FAILED, str(exc)
+        write_cell_result(job.results, result)
+        ran_mark(state).write_text(job.token)
+        with contextlib.suppress(FileNotFoundError):
+            state.unlink()
+        return cell.id, time.perf_counter() - start, RAN, None
+
+
+def ran_mark(state: Path) -> Path:
+    """The mark a job leaves beside a cell's state file once it has written the cell: the token of
+    its run_grid call. A backend that loses a finished task's result (a dask worker that dies
+    after it) runs the task again; the new attempt finds the cell written and, by the mark, counts
+    it as run by this grid, not by another process. run_grid removes its marks when it ends."""
+    return state.with_suffix(".ran")
+
+
+def _marked(state: Path, token: str) -> bool:
     try:
-        result = job.runner(cell, job.env, dataclasses.replace(job.options, checkpoint=str(state)))
-    except BaselineError as exc:     # this cell cannot run; the grid goes on with the others
-        return cell.id, time.perf_counter() - start, str(exc)
-    write_cell_result(job.results, result)
-    with contextlib.suppress(FileNotFoundError):
-        state.unlink()
-    return cell.id, time.perf_counter() - start
+        return bool(token) and ran_mark(state).read_text() == token
+    except OSError:
+        return False
 
 
 def train_baselines(cells: Sequence[Cell], env: Env, progress: bool | str) -> dict[str, str]:
@@ -181,10 +219,12 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
     ``options``: how the grid runs (:class:`GridOptions`: progress, checkpoint interval, runner,
     pretraining, plug-ins, weak baselines). A running cell saves its state every
     ``options.checkpoint_every`` seconds (and on SIGTERM/SIGINT) under ``results/state``, and a
-    rerun resumes it. Two runs on one results root are safe: a cell may be computed twice, never
-    written half. A cell whose baseline fails (``BaselineError``: a baseline not above chance, or
-    training diverged) is reported and the other cells run; then ``BaselineError`` counts the
-    failed cells, naming the first.
+    rerun resumes it. Two runs on one results root are safe: a running cell holds a lock beside its
+    state (``claim.claim_cell``), so each cell is computed once, by whoever claims it first; the
+    others skip it (``GridSummary.elsewhere``) and never resume a live state. A cell whose
+    baseline fails (``BaselineError``: a baseline not above chance, or training diverged) is
+    reported and the other cells run; then ``BaselineError`` counts the failed cells, naming the
+    first. ``options.gpus_per_cell`` and ``env.device`` set the GPUs each dask or ray task asks for.
 
     The older keywords ``device``, ``cache_dir``, ``data_root`` (the Env's fields) and
     ``progress``, ``checkpoint_every``, ``runner``, ``pretrain``, ``plugins``,
@@ -213,42 +253,55 @@ def run_grid(cells: Sequence[Cell], results, backend: str = "loky", n_jobs: int 
                               checkpoint_every=options.checkpoint_every,
                               allow_weak_baseline=options.allow_weak_baseline)
     job = _Job(str(results), env, cell_options, options.runner or _default_runner(), threads,
-               resolve_imports(options.plugins), os.getcwd())
+               resolve_imports(options.plugins), os.getcwd(), uuid.uuid4().hex)
     failed: dict[str, str] = {}
-    with sigterm_stops(), open_backend(backend, n_jobs, scheduler) as submit:
-        if options.pretrain and not inline:
-            failed = train_baselines(pending, env, options.progress)
-            pending = [c for c in pending if c.id not in failed]
-        bar = _CellProgress(len(cells), len(skipped), options.progress)
-        ran = _collect(bar, failed, functools.partial(submit, pending, _job, job))
+    try:
+        with sigterm_stops(), open_backend(backend, n_jobs, scheduler, env.device, options.gpus_per_cell) as submit:
+            if options.pretrain and not inline:
+                failed = train_baselines(pending, env, options.progress)
+                pending = [c for c in pending if c.id not in failed]
+            bar = _CellProgress(len(cells), len(skipped), options.progress)
+            outcome = _collect(bar, failed, functools.partial(submit, pending, _job, job))
+    finally:
+        for c in pending:
+            if _marked(state_path(results, c), job.token):
+                with contextlib.suppress(OSError):
+                    ran_mark(state_path(results, c)).unlink()
+    ran, skipped, elsewhere = outcome[RAN], skipped + outcome[DONE], outcome[ELSEWHERE]
     if failed:
         from prunetax.benchmarks.baseline import BaselineError
 
         first_id, first = next(iter(failed.items()))
         raise BaselineError(
             f"{len(failed)} of {len(cells)} cells could not run, their baselines failed (first: {first_id}: {first}); "
-            f"the other {len(ran) + len(skipped)} are written under {results}")
-    return GridSummary(ran, skipped, results, time.perf_counter() - start)
+            f"the other {len(ran) + len(skipped)} are written under {results}"
+            + (f", {len(elsewhere)} running in another process" if elsewhere else ""))
+    return GridSummary(ran, skipped, results, time.perf_counter() - start, elsewhere)
 
 
-def _collect(bar: "_CellProgress", failed: dict[str, str], outcomes: Callable) -> list[str]:
+def _collect(bar: "_CellProgress", failed: dict[str, str], outcomes: Callable) -> dict[str, list[str]]:
     """Report the cells that ``failed`` before they were submitted, then each of ``outcomes()``
     (the ``_job`` results, as they complete) on ``bar``; the failed cells are added to ``failed``.
-    Returns the ids of the cells run. The bar is closed on the way out, whatever happens."""
-    ran: list[str] = []
+    Returns the ids of the other cells by outcome (``RAN``, ``DONE``, ``ELSEWHERE``). The bar is
+    closed on the way out, whatever happens."""
+    out: dict[str, list[str]] = {RAN: [], DONE: [], ELSEWHERE: []}
     try:
         for cell_id, error in failed.items():
             bar.failed(cell_id, error)
-        for cell_id, seconds, *error in outcomes():
-            if error:
-                failed[cell_id] = error[0]
-                bar.failed(cell_id, error[0])
-            else:
-                ran.append(cell_id)
+        for cell_id, seconds, outcome, detail in outcomes():
+            if outcome == FAILED:
+                failed[cell_id] = detail
+                bar.failed(cell_id, detail)
+                continue
+            out[outcome].append(cell_id)
+            if outcome == RAN:
                 bar.done(cell_id, seconds)
+            else:
+                bar.left(cell_id, f"is running elsewhere ({detail}): skipped" if outcome == ELSEWHERE
+                         else "was completed by another process meanwhile: skipped")
     finally:
         bar.close()
-    return ran
+    return out
 
 
 class _CellProgress:
@@ -270,7 +323,14 @@ class _CellProgress:
 
     def failed(self, cell_id: str, error: str) -> None:
         self.count += 1
-        line = f"cell {self.count}/{self.total} failed: {cell_id}: {error}"
+        self._line(f"cell {self.count}/{self.total} failed: {cell_id}: {error}")
+
+    def left(self, cell_id: str, why: str) -> None:
+        """One line on a cell this grid leaves: ``cell ID WHY``."""
+        self.count += 1
+        self._line(f"cell {cell_id} {why}")
+
+    def _line(self, line: str) -> None:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.write(line, file=sys.stderr)

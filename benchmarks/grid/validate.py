@@ -1,8 +1,8 @@
 """The checks a grid passes before any work starts.
 
 ``preflight`` needs no torch and answers in about a second: the backend and its extra, ``n_jobs``,
-a scheduler given only where one is meant, and results and cache roots this process can write
-(``writable_folder``); it returns the paths made absolute on the client. ``validate_cells`` then,
+a scheduler given only where one is meant, no ``cuda:N`` device for ray (ray picks each cell's
+GPU), and results and cache roots this process can write (``writable_folder``); it returns the paths made absolute on the client. ``validate_cells`` then,
 with torch: each network known and analysable on its data's images, each data set readable,
 every metric computable on every network. Each failure is one line (PrunetaxError).
 """
@@ -87,7 +87,8 @@ def writable_folder(path, what: str) -> Path:
 def preflight(results, backend: str = "loky", n_jobs: int = 1, scheduler: str | None = None,
               env: Env | None = None) -> tuple[Path, Env]:
     """The checks that need no torch, before any work: the backend and its extra, ``n_jobs``, a
-    scheduler given only where one is meant, and writable results and cache roots. Returns the
+    scheduler given only where one is meant, a device ray can place (``cuda``, not ``cuda:N``),
+    and writable results and cache roots. Returns the
     results root and ``env`` with every path absolute (what crosses to a worker is never relative
     to its working folder); the cache root is the client's (``$PRUNETAX_CACHE`` or the default)
     when ``env`` names none."""
@@ -104,6 +105,9 @@ def preflight(results, backend: str = "loky", n_jobs: int = 1, scheduler: str | 
         except ImportError:
             raise PrunetaxError(f"backend '{backend}' needs {extra}; pip install prunetax[{extra}]") from None
     env = Env.of(env)
+    if backend == "ray" and env.device.startswith("cuda:"):
+        raise PrunetaxError(f"--device {env.device} with --backend ray: ray gives each cell its own GPUs, which it "
+                            f"sees from cuda:0; give --device cuda")
     root = writable_folder(results, "results folder")
     cache = writable_folder(env.cache, "cache folder")
     data = str(Path(env.data_root).expanduser().absolute()) if env.data_root is not None else None
